@@ -1,0 +1,1 @@
+"""Shared lobes for the rewiring and SUPERB recipes (see docs/design.md)."""
