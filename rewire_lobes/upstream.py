@@ -188,9 +188,11 @@ class SSLUpstream(nn.Module):
         Trainable mode only: recompute transformer activations in the backward pass.
 
     Padding: the waveform is zero-padded and normalised over its valid samples only. For
-    layer-norm front-ends an attention mask is passed, so padding changes no valid output.
-    Group-norm front-ends (wav2vec2/HuBERT/WavLM Base) normalise over the padded time axis:
-    padding *does* change their features, so sort batches by length to keep padding small.
+    layer-norm front-ends an attention mask is passed, so padding changes no valid output
+    of wav2vec2, HuBERT and WavLM Large-style encoders. Group-norm front-ends (the Base
+    models) normalise over the padded time axis, and data2vec-audio's stacked positional
+    convolutions see the padded frames: for those, padding *does* change the features, so
+    sort batches by length to keep padding small (or encode one utterance at a time).
 
     Example
     -------
@@ -228,7 +230,7 @@ class SSLUpstream(nn.Module):
             if freeze_feature_encoder:
                 self.model.feature_extractor.requires_grad_(False)
             if gradient_checkpointing:
-                self.model.gradient_checkpointing_enable()
+                self.model.activation_checkpointing_enable()
 
     def _configure(self, config, dropout):
         """Sets the dropouts, which are fixed when the modules are built."""
@@ -433,7 +435,10 @@ def random_encoder_config(size="tiny", model_type="wav2vec2", feat_extract_norm=
     fields = dict(ENCODER_SIZES[size])
     if size == "large":
         feat_extract_norm = "layer"
-    if model_type != "data2vec-audio":
+    if model_type == "data2vec-audio":
+        # Here the field counts positional conv layers, not kernel width: keep the real 5.
+        del fields["num_conv_pos_embeddings"]
+    else:
         fields["feat_extract_norm"] = feat_extract_norm
         fields["do_stable_layer_norm"] = feat_extract_norm == "layer"
     config_class = getattr(transformers, CONFIG_CLASSES[model_type])
