@@ -30,6 +30,7 @@ def atomic_path(path):
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes private files; keep the usual mode
     try:
         yield tmp
         os.replace(tmp, path)
@@ -56,6 +57,7 @@ def atomic_dir(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
@@ -68,6 +70,12 @@ def atomic_dir(path):
             os.replace(tmp, path)
     finally:
         _remove_tree(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove_tree(path):

@@ -23,3 +23,15 @@ def tiny_encoder(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mini_corpus():
+    """Root of the embedded mini corpus (``data/mini``), generated once if absent.
+
+    Generated into the repository's default folder (gitignored), so recipe tests and
+    later sessions reuse it; a complete corpus makes this a no-op.
+    """
+    from rewire_lobes.mini_corpus import ensure_mini_corpus
+
+    return ensure_mini_corpus()
