@@ -1,0 +1,89 @@
+"""The embedded default: what a recipe uses when the user passes nothing.
+
+The default encoder lives in ``assets/encoder`` (a small SSL encoder shipped with the
+repository). Until it is there, recipes fall back to a randomly initialised small
+encoder written once under the output root, and say so loudly: the recipes then run
+end to end, but their scores mean nothing.
+"""
+
+import fcntl
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_UPSTREAM = "assets/encoder"
+FALLBACK_NAME = "random_small_encoder"
+
+
+def _existing(source):
+    """``source`` as an existing path, trying the working directory then the repo root."""
+    path = Path(str(source)).expanduser()
+    if path.exists():
+        return path
+    if not path.is_absolute() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    return None
+
+
+def resolve_upstream_source(source, fallback_folder):
+    """The encoder directory or hub id to load for ``source``.
+
+    * an existing directory (relative to the working directory or to the repository) is
+      returned as a path;
+    * the embedded default ``assets/encoder``, when missing, is replaced by a random
+      small encoder created (once, seeded) in ``<fallback_folder>/random_small_encoder``,
+      with a warning;
+    * anything else (a hub id, a wrong path) is returned unchanged, for ``SSLUpstream``
+      to load or to reject with a clear message.
+
+    Safe to call from several processes at once: creation holds a file lock.
+    """
+    found = _existing(source)
+    if found is not None:
+        return str(found.resolve())
+    if Path(str(source)) != Path(DEFAULT_UPSTREAM) and Path(str(source)) != REPO_ROOT / DEFAULT_UPSTREAM:
+        return str(source)
+
+    fallback = Path(fallback_folder) / FALLBACK_NAME
+    logger.warning(
+        "The embedded encoder %s is not there yet; using a RANDOMLY INITIALISED small "
+        "encoder at %s instead. Everything runs, but scores are meaningless. Pass "
+        "--upstream_source <encoder dir or hub id> for real results.",
+        DEFAULT_UPSTREAM,
+        fallback,
+    )
+    if not (fallback / "config.json").exists():
+        _create_fallback(fallback)
+    return str(fallback.resolve())
+
+
+def _create_fallback(fallback):
+    from rewire_lobes.upstream import save_random_encoder  # loads transformers: only when needed
+
+    fallback.parent.mkdir(parents=True, exist_ok=True)
+    with open(fallback.parent / f".{fallback.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (fallback / "config.json").exists():  # another process may have made it
+            save_random_encoder(fallback, size="small", seed=0)
+
+
+DEFAULT_DATA_FOLDER = "data/mini"
+
+
+def ensure_default_data(data_folder, expected, corpus):
+    """Generates the mini ``corpus`` when ``data_folder`` is the default ``data/mini``.
+
+    ``expected`` is the sub-folder the prepare script needs (e.g.
+    ``speech_commands_v0.01``). A user's own ``--data_folder`` is never written to: the
+    prepare script then reports what is missing.
+    """
+    if Path(data_folder) != Path(DEFAULT_DATA_FOLDER):
+        return
+    from rewire_lobes.mini_corpus import ensure_mini_corpus  # imported only when needed
+
+    # A no-op when the corpus is complete; regenerates a half-written one.
+    ensure_mini_corpus(data_folder, corpora=[corpus])
+    if not (Path(data_folder) / expected).exists():
+        raise FileNotFoundError(f"{data_folder}: the mini {corpus} corpus lacks {expected}")

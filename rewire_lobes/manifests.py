@@ -1,0 +1,62 @@
+"""Manifest CSVs: reading, atomic writing, and "already prepared?" bookkeeping.
+
+A ``*_prepare.py`` script writes its manifests and, last, ``prepare_options.json``
+recording the options it ran with. A later call with the same options skips the work;
+different options (say another keyword list) prepare again.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+from rewire_lobes.audio import AudioError, audio_info
+from rewire_lobes.io_utils import atomic_path, write_json_atomic
+
+OPTIONS_FILE = "prepare_options.json"
+
+
+def read_manifest(path):
+    """Rows of a manifest CSV as dicts of strings, in file order."""
+    with open(path, newline="", encoding="utf-8") as fin:
+        return list(csv.DictReader(fin))
+
+
+def write_manifest(path, rows, fieldnames=None):
+    """Writes ``rows`` as CSV atomically; columns are ``fieldnames`` or the first row's keys."""
+    if fieldnames is None:
+        if not rows:
+            raise ValueError(f"{path}: no rows and no column names to write")
+        fieldnames = list(rows[0].keys())
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fout:
+            writer = csv.DictWriter(fout, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def already_prepared(save_folder, options, manifests):
+    """True when ``manifests`` exist in ``save_folder`` and were made with ``options``."""
+    save_folder = Path(save_folder)
+    marker = save_folder / OPTIONS_FILE
+    if not marker.exists() or not all((save_folder / m).exists() for m in manifests):
+        return False
+    with open(marker, encoding="utf-8") as fin:
+        return json.load(fin) == json.loads(json.dumps(options))
+
+
+def mark_prepared(save_folder, options):
+    write_json_atomic(Path(save_folder) / OPTIONS_FILE, options)
+
+
+def checked_duration(path, max_channels=None):
+    """Duration in seconds from the header, raising ``AudioError`` naming a bad file.
+
+    Unreadable, empty and header-less files fail here, at preparation, rather than
+    hours into training. Other sample rates and stereo are fine: ``load_audio``
+    resamples and down-mixes.
+    """
+    frames, rate, channels = audio_info(path)
+    if max_channels is not None and channels > max_channels:
+        raise AudioError(f"{path}: {channels} channels (at most {max_channels} expected)")
+    return frames / rate
+

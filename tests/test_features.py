@@ -1,0 +1,148 @@
+"""Cached pooled features give the same logits as running the encoder at every step."""
+
+import numpy as np
+import pytest
+import soundfile
+import speechbrain as sb
+import torch
+
+from rewire_lobes.features import FeatureCache, manifest_fingerprint, pool_states
+from rewire_lobes.heads import UtteranceLevelHead, masked_mean
+from rewire_lobes.manifests import write_manifest
+from rewire_lobes.upstream import SSLUpstream, WeightedLayerSum
+from rewire_lobes.utterance import audio_pipeline, audio_pipeline_tag
+
+COLUMNS = ["ID", "duration", "wav", "start", "stop"]
+
+
+def write_dataset(folder, lengths, crop=None, seed=0):
+    """Wavs of the given sample counts plus a manifest; ``crop=(start, stop)`` on the last."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, n in enumerate(lengths):
+        path = folder / f"utt{i}.wav"
+        soundfile.write(path, (rng.standard_normal(n) * 0.1).astype("float32"), 16000)
+        start, stop = ("", "")
+        if crop is not None and i == len(lengths) - 1:
+            start, stop = (str(crop[0]), str(crop[1]))
+        rows.append({"ID": f"utt{i}", "duration": n / 16000, "wav": str(path),
+                     "start": start, "stop": stop})
+    write_manifest(folder / "data.csv", rows, COLUMNS)
+    return dataset_from(folder / "data.csv")
+
+
+def dataset_from(csv_path, gain_db=0.0):
+    dataset = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_path=str(csv_path))
+    sb.dataio.dataset.add_dynamic_item([dataset], audio_pipeline(gain_db))
+    sb.dataio.dataset.set_output_keys([dataset], ["id", "sig"])
+    return dataset
+
+
+def padded_batch(dataset):
+    items = [dataset[i] for i in range(len(dataset))]
+    batch = sb.dataio.batch.PaddedBatch(items)
+    return batch.id, batch.sig.data, batch.sig.lengths
+
+
+def on_the_fly_logits(upstream, featurizer, head, wavs, lens):
+    hidden, frame_lens = upstream(wavs, lens)
+    return head(featurizer(hidden), frame_lens)
+
+
+def cached_logits(cache_features, ids, featurizer, head):
+    pooled = torch.stack([cache_features[i] for i in ids])  # [B, L+1, D]
+    return head(featurizer(pooled.transpose(0, 1)))
+
+
+def test_head_pool_first_equals_frames():
+    torch.manual_seed(0)
+    head = UtteranceLevelHead(16, 5, projector_dim=8)
+    frames, lengths = torch.randn(3, 7, 16), torch.tensor([7, 4, 1])
+    assert torch.allclose(head(frames, lengths), head(masked_mean(frames, lengths)), atol=1e-6)
+    # padded frames never count
+    noisy = frames.clone()
+    noisy[1, 4:] = 1e3
+    assert torch.allclose(head(noisy, lengths), head(frames, lengths), atol=1e-5)
+    with pytest.raises(ValueError):
+        head(torch.randn(2, 3, 4, 16))
+
+
+def test_pool_states_matches_per_utterance_mean():
+    hidden = torch.randn(3, 2, 6, 4)
+    lens = torch.tensor([6, 2])
+    pooled = pool_states(hidden, lens)
+    assert pooled.shape == (2, 3, 4)
+    assert torch.allclose(pooled[1], hidden[:, 1, :2].mean(dim=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_cached_equals_on_the_fly_with_padding(tiny_encoder, tmp_path, layer_norm):
+    """Layer-norm front-end (attention mask): variable lengths in one padded batch."""
+    upstream = SSLUpstream(tiny_encoder("wav2vec2", "layer"))
+    dataset = write_dataset(tmp_path, [16000, 9000, 12345, 20000], crop=(3000, 11000))
+    torch.manual_seed(0)
+    featurizer = WeightedLayerSum(upstream.num_states, layer_norm=layer_norm)
+    with torch.no_grad():
+        featurizer.weights.copy_(torch.randn(upstream.num_states))
+    head = UtteranceLevelHead(upstream.hidden_size, 12, projector_dim=8)
+
+    ids, wavs, lens = padded_batch(dataset)
+    with torch.no_grad():
+        reference = on_the_fly_logits(upstream, featurizer, head, wavs, lens)
+    cache = FeatureCache(tmp_path / "cache", upstream, layer_norm=layer_norm, batch_size=3)
+    features = cache.load(dataset, progressbar=False)
+    featurizer.layer_norm = False  # the cache holds means of normalised frames already
+    with torch.no_grad():
+        logits = cached_logits(features, ids, featurizer, head)
+    assert torch.allclose(logits, reference, atol=1e-5), (logits - reference).abs().max()
+
+
+def test_cached_equals_on_the_fly_group_norm_equal_lengths(tiny_encoder, tmp_path):
+    """Group-norm front-end: exact when no padding is involved (1 s Speech Commands clips)."""
+    upstream = SSLUpstream(tiny_encoder("wav2vec2", "group"))
+    dataset = write_dataset(tmp_path, [16000] * 3 + [32000], crop=(5000, 21000))
+    featurizer = WeightedLayerSum(upstream.num_states)
+    head = UtteranceLevelHead(upstream.hidden_size, 3, projector_dim=8)
+    ids, wavs, lens = padded_batch(dataset)
+    assert torch.all(lens == 1.0)  # the crop makes the last item 1 s too
+    with torch.no_grad():
+        reference = on_the_fly_logits(upstream, featurizer, head, wavs, lens)
+        features = FeatureCache(tmp_path / "cache", upstream).load(dataset, progressbar=False)
+        logits = cached_logits(features, ids, featurizer, head)
+    assert torch.allclose(logits, reference, atol=1e-5)
+
+
+def test_cache_is_reused_and_keyed(tiny_encoder, tmp_path, monkeypatch):
+    upstream = SSLUpstream(tiny_encoder("wav2vec2", "layer"))
+    dataset = write_dataset(tmp_path, [8000, 8000])
+    cache = FeatureCache(tmp_path / "cache", upstream)
+    first = cache.load(dataset, progressbar=False)
+    files = list((tmp_path / "cache").rglob("*.pt"))
+    assert len(files) == 1 and upstream.content_hash()[:16] in str(files[0])
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(FeatureCache, "extract", no_extraction)
+    again = cache.load(dataset_from(tmp_path / "data.csv"), progressbar=False)
+    assert torch.equal(again.vectors, first.vectors)
+
+    # Another audio pipeline, a rewritten file, or another layer-norm setting: a new key.
+    tag_a = manifest_fingerprint(dataset, audio_pipeline_tag(0.0))
+    assert tag_a != manifest_fingerprint(dataset, audio_pipeline_tag(-3.0))
+    soundfile.write(tmp_path / "utt0.wav", np.zeros(8001, dtype="float32"), 16000)
+    assert manifest_fingerprint(dataset, audio_pipeline_tag(0.0)) != tag_a
+    assert FeatureCache(tmp_path / "cache", upstream, layer_norm=True).path_for("x") != \
+        cache.path_for("x")
+
+
+def test_foreign_or_broken_cache_file_is_rebuilt(tiny_encoder, tmp_path):
+    upstream = SSLUpstream(tiny_encoder("wav2vec2", "layer"))
+    dataset = write_dataset(tmp_path, [8000])
+    cache = FeatureCache(tmp_path / "cache", upstream)
+    path = cache.path_for(manifest_fingerprint(dataset))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a torch file")
+    features = cache.load(dataset, progressbar=False)
+    assert len(features) == 1 and features["utt0"].shape == (upstream.num_states,
+                                                              upstream.hidden_size)
