@@ -26,5 +26,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow"
 
+bench: setup
+	$(PY) utils/bench_rewire.py
+	$(PY) utils/bench_downstream.py
+
 clean:
 	rm -rf $(VENV) results data/mini

@@ -1,0 +1,324 @@
+"""``RewireBrain``: contrastive rewiring of an SSL encoder (Yang et al., 2022) as an sb.Brain.
+
+One training batch holds ``B`` utterances; each yields an anchor view and a positive view
+(:class:`rewire_lobes.contrastive.PairMaker`). All ``2B`` views go through the encoder in
+one padded forward pass (or, with ``grad_cache: True``, in chunks whose gradients are
+exactly those of the whole batch). Each view becomes the mean over valid frames of the
+uniform average of all hidden states, and InfoNCE (τ = 0.04) pulls pairs together, with
+the views of every DDP rank as negatives.
+
+Training is counted in optimizer updates (``max_steps`` → ``optimizer_step_limit``); a
+checkpoint is written every ``ckpt_interval_steps`` updates and when the limit is reached,
+so a killed run resumes where it stopped, and a rerun with a larger ``max_steps``
+continues the same run. ``export`` writes the rewired encoder directory.
+"""
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import speechbrain as sb
+import torch
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
+from speechbrain.utils.distributed import if_main_process
+
+from rewire_lobes.contrastive import (
+    encode_views,
+    global_info_nce,
+    grad_cache_backward,
+    pool_utterances,
+)
+from rewire_lobes.io_utils import atomic_dir, atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+EXPORT_RECORD = "rewiring.json"
+
+
+@register_checkpoint_hooks
+class LossHistory:
+    """The per-update loss curve ``[[update, loss], ...]``, saved with every checkpoint."""
+
+    def __init__(self):
+        self.curve = []
+
+    def append(self, step, loss):
+        self.curve.append([int(step), float(loss)])
+
+    def mean_since(self, step):
+        values = [loss for s, loss in self.curve if s > step]
+        return sum(values) / len(values) if values else float("nan")
+
+    @mark_as_saver
+    def _save(self, path):
+        Path(path).write_text(json.dumps(self.curve), encoding="utf-8")
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch=True):
+        self.curve = json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@register_checkpoint_hooks
+class RandomState:
+    """The global random generators (dropout draws from them), saved with checkpoints.
+
+    SpeechBrain does not checkpoint them; without this a resumed run would draw other
+    dropout masks than an uninterrupted one. A recovered state is applied by
+    :meth:`apply_recovered` just before the first batch, because creating the data-loader
+    iterator in between draws from the torch generator. Stored as JSON (no pickle on load).
+    """
+
+    def __init__(self):
+        self.recovered = None
+
+    def apply_recovered(self):
+        if self.recovered is None:
+            return
+        state, self.recovered = self.recovered, None
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        if state["cuda"] and torch.cuda.is_available() and (
+            len(state["cuda"]) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(
+                [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]]
+            )
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+    @mark_as_saver
+    def _save(self, path):
+        numpy_state = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state().tolist(),
+            "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()]
+            if torch.cuda.is_available() else [],
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        }
+        Path(path).write_text(json.dumps(state), encoding="utf-8")
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch=True):
+        self.recovered = json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def trainable_parameters(upstream):
+    """The encoder parameters that rewiring updates.
+
+    The CNN front-end is excluded by ``SSLUpstream(freeze_feature_encoder=True)``.
+    ``masked_spec_embed`` is only read by the encoder's own SpecAugment, which the
+    upstream switches off; left trainable it would get no gradient, which DDP rejects.
+    """
+    model = upstream.model
+    masked = getattr(model, "masked_spec_embed", None)
+    if masked is not None and not getattr(model.config, "apply_spec_augment", False):
+        masked.requires_grad_(False)
+    return [p for p in upstream.parameters() if p.requires_grad]
+
+
+class RewireBrain(sb.Brain):
+    """Contrastive rewiring. ``modules`` must hold ``encoder`` (an ``SSLUpstream``).
+
+    Hyperparameters read: ``pair_maker``, ``temperature``, ``symmetric_loss``,
+    ``pool_layers``, ``grad_cache``, ``grad_cache_chunk_size``, ``loss_history``,
+    ``train_logger``, ``log_interval``, ``strategy``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Kept unwrapped: after on_fit_start, self.modules.encoder may be a DDP wrapper.
+        self.upstream = self.modules["encoder"]
+        self.source_hash = self.upstream.content_hash()
+        # Before on_fit_start wraps the encoder in DDP, which registers what is trainable.
+        self.trainable = trainable_parameters(self.upstream)
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("encoder", self.upstream)
+            self.random_state = RandomState()
+            self.checkpointer.add_recoverable("random_state", self.random_state)
+        if self.grad_accumulation_factor != 1:
+            raise ValueError(
+                "grad_accumulation_factor must be 1: accumulating InfoNCE over small batches "
+                "is not InfoNCE over a large one. Use a larger --batch_size with "
+                "grad_cache: True instead."
+            )
+        self._epoch_start_step = 0
+        self._last_saved_step = None
+
+    # ------------------------------------------------------------------ optimisation
+
+    def init_optimizers(self):
+        params = self.trainable
+        if not params:
+            raise ValueError("the encoder has no trainable parameter (was it loaded frozen?)")
+        self.optimizer = self.opt_class(params)
+        self.optimizers_dict = {"optimizer": self.optimizer}
+        if self.checkpointer is not None:
+            self.checkpointer.add_recoverable("optimizer", self.optimizer)
+        logger.info(
+            "Rewiring %.2fM of the encoder's %.2fM parameters",
+            sum(p.numel() for p in params) / 1e6,
+            sum(p.numel() for p in self.upstream.parameters()) / 1e6,
+        )
+
+    def batch_views(self, batch):
+        """The ``2B`` views of a batch as 1-D tensors on the device: anchors, then positives."""
+        views = []
+        for padded in (batch.anchor, batch.positive):
+            data = padded.data.to(self.device)
+            lengths = torch.round(padded.lengths * data.shape[1]).long().tolist()
+            views.extend(data[row, :length] for row, length in enumerate(lengths))
+        return views
+
+    def encode(self, wavs, rel_lens):
+        """Utterance vectors ``[n, D]`` (float32) of padded waveforms."""
+        hidden, frame_lens = self.modules.encoder(wavs, rel_lens.to(wavs.device))
+        return pool_utterances(hidden, frame_lens, self.hparams.pool_layers)
+
+    def compute_forward(self, batch, stage):
+        views = self.batch_views(batch)
+        embeddings = encode_views(self.encode, views)
+        half = len(views) // 2
+        return embeddings[:half], embeddings[half:]
+
+    def loss(self, anchors, positives):
+        return global_info_nce(
+            anchors, positives, self.hparams.temperature, self.hparams.symmetric_loss
+        )
+
+    def compute_objectives(self, predictions, batch, stage):
+        return self.loss(*predictions)
+
+    def fit_batch(self, batch):
+        if not self.hparams.grad_cache:
+            return super().fit_batch(batch)
+        self.on_fit_batch_start(batch, True)
+
+        def encode(wavs, rel_lens):
+            with self.training_ctx:
+                return self.encode(wavs, rel_lens)
+
+        loss = grad_cache_backward(
+            encode,
+            self.batch_views(batch),
+            self.loss,
+            self.hparams.grad_cache_chunk_size,
+            self.device,
+            sync_context=lambda sync: self.no_sync(not sync),
+            scale=self.scaler.scale,
+        )
+        self.check_loss_isfinite(loss)
+        self.optimizers_step()
+        self.on_fit_batch_end(batch, None, loss, True)
+        return loss.detach().cpu()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def on_fit_start(self):
+        super().on_fit_start()
+        if self.optimizer_step:
+            logger.info("Resuming from update %d", self.optimizer_step)
+
+    def on_fit_batch_start(self, batch, should_step):
+        if self.checkpointer is not None:
+            self.random_state.apply_recovered()
+
+    def on_stage_start(self, stage, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            # Masks, halves and Mixed choices are redrawn every epoch (data pipeline).
+            self.hparams.pair_maker.epoch = epoch
+            self._epoch_start_step = self.optimizer_step
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if not should_step:
+            return
+        step = self.optimizer_step
+        self.hparams.loss_history.append(step, loss.item())
+        if step % self.hparams.log_interval == 0:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"update": step, "lr": self.optimizer.param_groups[0]["lr"]},
+                train_stats={"loss": self.hparams.loss_history.mean_since(
+                    step - self.hparams.log_interval)},
+            )
+        if self._optimizer_step_limit_exceeded:
+            # Saved here, before the loader fetches another batch, so that a rerun with a
+            # larger max_steps resumes at exactly the next batch.
+            self._save_intra_epoch_ckpt()
+            self._last_saved_step = step
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage != sb.Stage.TRAIN:
+            return
+        updates = self.optimizer_step - self._epoch_start_step
+        if updates > 0:
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "updates": self.optimizer_step},
+                train_stats={"loss": self.hparams.loss_history.mean_since(self._epoch_start_step)},
+            )
+        if not self._optimizer_step_limit_exceeded and self._last_saved_step != self.optimizer_step:
+            self.checkpointer.save_and_keep_only(
+                meta={"updates": self.optimizer_step}, end_of_epoch=True, num_to_keep=1
+            )
+            self._last_saved_step = self.optimizer_step
+
+    # ------------------------------------------------------------------ outputs
+
+    def export(self, directory, record):
+        """Writes the rewired encoder (HF layout + ``rewiring.json``) on the main process.
+
+        ``record`` (a dict) is completed with the strategy, update count, loss curve and
+        the source and rewired encoders' content hashes.
+        """
+        if not if_main_process():
+            return None
+        directory = Path(directory)
+        record = dict(record)
+        record.update({
+            "strategy": self.hparams.strategy,
+            "updates": self.optimizer_step,
+            "source_content_hash": self.source_hash,
+            "content_hash": self.upstream.content_hash(),
+            "loss_curve": self.hparams.loss_history.curve,
+        })
+        with atomic_dir(directory) as tmp:
+            staged = Path(self.upstream.save_pretrained(tmp / "encoder"))
+            for item in staged.iterdir():
+                item.rename(tmp / item.name)
+            staged.rmdir()
+            write_json_atomic(tmp / EXPORT_RECORD, record)
+        logger.info("Rewired encoder written to %s (%d updates)", directory, self.optimizer_step)
+        return directory
+
+    def plot_loss(self, path):
+        """Loss per update and its running mean, as a PNG (main process)."""
+        if not if_main_process() or not self.hparams.loss_history.curve:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps, losses = zip(*self.hparams.loss_history.curve)
+        window = max(2, len(losses) // 10) if len(losses) >= 4 else 1
+        running = [
+            sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+            for i in range(len(losses))
+        ]
+        fig, axis = plt.subplots(figsize=(6, 3.5))
+        axis.plot(steps, losses, lw=0.6, alpha=0.5, label="loss per update")
+        axis.plot(steps, running, lw=1.5, label=f"running mean ({window})")
+        axis.set_xlabel("update")
+        axis.set_ylabel("InfoNCE loss")
+        axis.set_title(f"Rewiring: {self.hparams.strategy}")
+        axis.legend()
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig)
