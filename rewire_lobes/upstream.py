@@ -186,6 +186,10 @@ class SSLUpstream(nn.Module):
         Trainable mode only: keep the CNN front-end fixed, as s3prl does.
     gradient_checkpointing : bool
         Trainable mode only: recompute transformer activations in the backward pass.
+    spec_augment : bool
+        Trainable mode only: keep the encoder's own time/feature masking (its config's
+        ``mask_time_prob`` ...), as a transformers model in train mode does. Off by
+        default: the paper describes no such masking during rewiring.
 
     Padding: the waveform is zero-padded and normalised over its valid samples only. For
     layer-norm front-ends an attention mask is passed, so padding changes no valid output
@@ -211,10 +215,12 @@ class SSLUpstream(nn.Module):
         dropout=None,
         freeze_feature_encoder=True,
         gradient_checkpointing=False,
+        spec_augment=False,
     ):
         super().__init__()
         self.source = str(source)
         self.freeze = freeze
+        self.spec_augment = spec_augment and not freeze
         config = load_encoder_config(source)
         self.source_config = config.to_dict()
         self.do_normalize = read_do_normalize(source)
@@ -248,6 +254,8 @@ class SSLUpstream(nn.Module):
         """
         config = self.model.config
         config.layerdrop = 0.0
+        if self.spec_augment:
+            return
         if hasattr(config, "apply_spec_augment"):
             config.apply_spec_augment = False
         config.mask_time_prob = 0.0

@@ -236,3 +236,21 @@ def test_missing_directory_and_wrong_model_are_named(tmp_path):
                             intermediate_size=32).save_pretrained(tmp_path)
     with pytest.raises(UpstreamLoadError, match="model_type 'bert' is not a supported"):
         SSLUpstream(tmp_path)
+
+
+def test_spec_augment_is_opt_in_and_never_when_frozen(tmp_path):
+    config = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+        mask_time_prob=0.5, mask_time_length=2, layerdrop=0.0, activation_dropout=0.0,
+    )
+    export_encoder(transformers.Wav2Vec2Model(config), tmp_path / "enc", do_normalize=False)
+    wavs, wav_lens = padded_batch([8000])
+    for options, masks in [(dict(freeze=False, dropout=0.0), False),
+                           (dict(freeze=False, dropout=0.0, spec_augment=True), True),
+                           (dict(freeze=True, spec_augment=True), False)]:
+        upstream = SSLUpstream(tmp_path / "enc", **options).train()
+        with torch.no_grad():
+            first, _ = upstream(wavs, wav_lens)
+            second, _ = upstream(wavs, wav_lens)
+        assert torch.equal(first, second) != masks, options
