@@ -18,6 +18,8 @@ import io
 from pathlib import Path
 
 import ruamel.yaml
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from rewire_lobes.defaults import resolve_upstream_source
@@ -93,3 +95,19 @@ def run_overrides(hparams_file, overrides):
     text = io.StringIO()
     yaml.dump(dict(given), text)
     return text.getvalue()
+
+
+def load_recipe_hparams(argv):
+    """The start of every recipe: command line, DDP group, run identity, then the yaml.
+
+    Returns
+    -------
+    ``(hparams, hparams_file, run_opts, overrides)``; ``overrides`` holds the resolved
+    ``upstream_source`` and ``encoder_id``, for ``create_experiment_directory``.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    sb.utils.distributed.ddp_init_group(run_opts)
+    overrides = run_overrides(hparams_file, overrides)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    return hparams, hparams_file, run_opts, overrides

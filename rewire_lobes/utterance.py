@@ -325,3 +325,29 @@ def describe_datasets(hparams, datasets):
     if test_set:
         info["test_set"] = test_set
     return info
+
+
+def train_and_test(hparams, run_opts, datasets):
+    """Trains the head on ``datasets["train"]``, then tests it at the best dev checkpoint."""
+    brain = UtteranceBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.run_info.update(describe_datasets(hparams, datasets))
+    brain.use_cached_features(datasets)
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["dev"],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    brain.evaluate(
+        datasets["test"],
+        max_key=hparams["dev_metric"],
+        test_loader_kwargs=hparams["test_dataloader_opts"],
+    )
+    return brain

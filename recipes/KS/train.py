@@ -18,20 +18,15 @@ Authors: rewire-speech contributors
 import sys
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
 from rewire_lobes.defaults import ensure_default_data
-from rewire_lobes.runs import run_overrides
-from rewire_lobes.utterance import UtteranceBrain, dataio_prepare, describe_datasets
+from rewire_lobes.runs import load_recipe_hparams
+from rewire_lobes.utterance import dataio_prepare, train_and_test
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    # Resolves the embedded encoder and names the run folder after the encoder.
-    overrides = run_overrides(hparams_file, overrides)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    # Also resolves the embedded encoder and names the run folder after the encoder.
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(sys.argv[1:])
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
         hyperparams_to_save=hparams_file,
@@ -54,24 +49,4 @@ if __name__ == "__main__":
     )
     datasets = dataio_prepare(hparams)
 
-    brain = UtteranceBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.run_info.update(describe_datasets(hparams, datasets))
-    brain.use_cached_features(datasets)
-    brain.fit(
-        brain.hparams.epoch_counter,
-        datasets["train"],
-        datasets["dev"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
-    brain.evaluate(
-        datasets["test"],
-        max_key=hparams["dev_metric"],
-        test_loader_kwargs=hparams["test_dataloader_opts"],
-    )
+    train_and_test(hparams, run_opts, datasets)

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lobes.audio import SAMPLE_RATE, load_audio
@@ -33,7 +32,7 @@ from rewire_lobes.defaults import FALLBACK_NAME
 from rewire_lobes.io_utils import write_json_atomic
 from rewire_lobes.neutral import neutral_path, resolve_voice, tts_text
 from rewire_lobes.rewire_brain import RewireBrain
-from rewire_lobes.runs import run_overrides
+from rewire_lobes.runs import load_recipe_hparams
 
 logger = logging.getLogger(__name__)
 
@@ -140,13 +139,9 @@ def export_record(hparams, brain, csv_path, utterances):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    # Resolves the embedded encoder (a random stand-in while assets/encoder is missing)
-    # and names the run folder after the encoder's fingerprint.
-    overrides = run_overrides(hparams_file, overrides)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    # Also resolves the embedded encoder (a random stand-in while assets/encoder is
+    # missing) and names the run folder after the encoder's fingerprint.
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(sys.argv[1:])
     source = hparams["upstream_source"]
     run_on_main(claim_run_folder, args=[hparams["output_folder"], run_identity(hparams, source)])
     sb.create_experiment_directory(
