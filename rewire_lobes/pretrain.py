@@ -40,6 +40,7 @@ def build_pretraining_model(
     num_negatives=100,
     layerdrop=0.0,
     feature_encoder_init="default",
+    freeze_feature_encoder=False,
     config_overrides=None,
 ):
     """A ``Wav2Vec2ForPreTraining`` ready for the masked contrastive task.
@@ -62,6 +63,8 @@ def build_pretraining_model(
     feature_encoder_init : str
         "default" (transformers' random init) or "lowpass" (see
         :func:`lowpass_feature_encoder_init`). Ignored when ``upstream_source`` is given.
+    freeze_feature_encoder : bool
+        Keep the CNN front-end as initialised or loaded (no gradient, no update).
     config_overrides : dict, optional
         Any other ``Wav2Vec2Config`` fields (e.g. ``{"hidden_size": 192}``).
     """
@@ -82,16 +85,21 @@ def build_pretraining_model(
     config.layerdrop = layerdrop
     # transformers only applies the given time mask when SpecAugment is on.
     config.apply_spec_augment = True
+    if feature_encoder_init not in ("default", "lowpass"):
+        raise ValueError(
+            f"feature_encoder_init must be 'default' or 'lowpass', got {feature_encoder_init!r}"
+        )
     if upstream_source:
         with quiet_transformers():
-            return transformers.Wav2Vec2ForPreTraining.from_pretrained(
+            model = transformers.Wav2Vec2ForPreTraining.from_pretrained(
                 str(upstream_source), config=config, dtype=torch.float32
             )
-    model = transformers.Wav2Vec2ForPreTraining(config)
-    if feature_encoder_init == "lowpass":
-        lowpass_feature_encoder_init(model)
-    elif feature_encoder_init != "default":
-        raise ValueError(f"feature_encoder_init must be 'default' or 'lowpass', got {feature_encoder_init!r}")
+    else:
+        model = transformers.Wav2Vec2ForPreTraining(config)
+        if feature_encoder_init == "lowpass":
+            lowpass_feature_encoder_init(model)
+    if freeze_feature_encoder:
+        model.freeze_feature_encoder()
     return model
 
 
