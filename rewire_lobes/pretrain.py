@@ -249,9 +249,10 @@ class PretrainHistory:
     def train_seconds(self):
         return float(sum(r["seconds"] for r in self.train))
 
-    def mean_loss(self, last=50):
+    def mean_loss(self, last=50, key="loss"):
+        """Mean of ``key`` over the last ``last`` updates."""
         rows = self.train[-last:]
-        return float(np.mean([r["loss"] for r in rows])) if rows else float("nan")
+        return float(np.mean([r[key] for r in rows])) if rows else float("nan")
 
     @mark_as_saver
     def _save(self, path):
@@ -269,8 +270,12 @@ class PretrainHistory:
             writer.writeheader()
             writer.writerows(self.train)
 
-    def plot(self, path, title="wav2vec 2.0 pre-training"):
-        """Loss per masked frame (raw and smoothed), validation points, codebook perplexity."""
+    def plot(self, path, title="wav2vec 2.0 pre-training", chance=None):
+        """Losses per masked frame (smoothed; held-out points), codebook perplexity.
+
+        ``chance`` (``ln(num_negatives + 1)``) is drawn as the contrastive loss of a
+        model that cannot tell the target from its distractors.
+        """
         import matplotlib
 
         matplotlib.use("Agg")
@@ -279,25 +284,29 @@ class PretrainHistory:
         if not self.train:
             return
         steps = np.array([r["step"] for r in self.train])
-        loss = np.array([r["loss"] for r in self.train])
-        window = max(1, min(25, len(loss) // 10))
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        window = max(1, min(25, len(steps) // 10))
+
+        def smooth(key):
+            values = np.array([r[key] for r in self.train])
+            return steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid")
 
         fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-        ax.plot(steps, loss, color="tab:blue", alpha=0.25, linewidth=0.8, label="train (per update)")
-        ax.plot(steps[window - 1:], smooth, color="tab:blue", label=f"train ({window}-update mean)")
+        ax.plot(*smooth("loss"), color="tab:blue", label=f"train loss ({window}-update mean)")
+        ax.plot(*smooth("contrastive"), color="tab:purple", label="train contrastive part")
         if self.valid:
             ax.plot([r["step"] for r in self.valid], [r["loss"] for r in self.valid], "o-",
-                    color="tab:orange", markersize=3, label="held-out")
+                    color="tab:orange", markersize=3, label="held-out loss")
+        if chance is not None:
+            ax.axhline(chance, color="gray", linestyle="--", linewidth=1,
+                       label=f"contrastive at chance (ln {round(math.exp(chance))})")
         ax.set_xlabel("update")
         ax.set_ylabel("loss per masked frame")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         perplexity = ax.twinx()
-        perplexity.plot(steps, [r["perplexity"] for r in self.train], color="tab:green",
-                        alpha=0.5, linewidth=0.8)
+        perplexity.plot(*smooth("perplexity"), color="tab:green", alpha=0.6, linewidth=0.8)
         perplexity.set_ylabel("codebook perplexity", color="tab:green")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="upper right", fontsize=7)
         fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")

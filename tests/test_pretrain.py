@@ -101,24 +101,33 @@ def test_feature_grad_mult_scales_only_the_cnn_gradient():
     assert (grads[1] - 0.1 * grads[0]).abs().max() < 1e-4 * grads[0].abs().max(), (grads[1] - 0.1 * grads[0]).abs().max()
 
 
+def pretrain_command(audio_folder, output, *options):
+    return [
+        sys.executable, str(REPO / "recipes/pretrain/train.py"), str(REPO / "hparams/pretrain.yaml"),
+        "--audio_folder", str(audio_folder), "--output_folder", str(output),
+        "--encoder_size", "tiny", "--noprogressbar", *options,
+    ]
+
+
+def run_and_read_losses(command, key="loss"):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = Path(command[command.index("--output_folder") + 1])
+    with open(output / "loss_history.csv", encoding="utf-8") as f:
+        return [float(row[key]) for row in csv.DictReader(f)]
+
+
 @pytest.mark.slow
 def test_recipe_loss_goes_down_resumes_and_exports(audio_folder, tmp_path):
     """30 updates of a tiny encoder on 4 clips; then the same command resumes (no-op)."""
     output = tmp_path / "run"
-    command = [
-        sys.executable, str(REPO / "recipes/pretrain/train.py"), str(REPO / "hparams/pretrain.yaml"),
-        "--audio_folder", str(audio_folder), "--output_folder", str(output),
-        "--exclude_lists", "[held_out_list.txt]", "--encoder_size", "tiny",
+    command = pretrain_command(
+        audio_folder, output, "--exclude_lists", "[held_out_list.txt]",
         "--number_of_steps", "30", "--lr", "0.005", "--num_negatives", "10",
         "--crop_seconds", "1.5", "--valid_files", "0", "--ckpt_interval_steps", "10",
-        "--noprogressbar",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-    with open(output / "loss_history.csv", encoding="utf-8") as f:
-        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    )
+    losses = run_and_read_losses(command)
     assert len(losses) == 30 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     assert (output / "loss_curve.png").stat().st_size > 0
@@ -132,10 +141,36 @@ def test_recipe_loss_goes_down_resumes_and_exports(audio_folder, tmp_path):
     assert hidden.shape[:3] == (upstream.num_states, 2, 49) and torch.isfinite(hidden).all()
 
     # Re-running the finished run recovers its last checkpoint and trains no further.
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    with open(output / "loss_history.csv", encoding="utf-8") as f:
-        assert len(list(csv.DictReader(f))) == 30
+    assert len(run_and_read_losses(command)) == 30
+
+
+@pytest.mark.slow
+def test_recipe_trains_on_the_mini_corpus_without_its_evaluation_audio(mini_corpus, tmp_path):
+    """The yaml's defaults on the real layouts: every dev/test clip a recipe scores on is
+    left out of pre-training, and a few updates lower the loss."""
+    output = tmp_path / "run"
+    losses = run_and_read_losses(pretrain_command(
+        mini_corpus, output, "--number_of_steps", "30", "--lr", "0.003",
+        "--num_negatives", "20", "--valid_files", "0",
+    ))
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+    with open(output / "save" / "train.csv", encoding="utf-8") as f:
+        seen = {Path(row["wav"]).resolve().relative_to(mini_corpus.resolve()).as_posix()
+                for row in csv.DictReader(f)}
+    commands = mini_corpus / "speech_commands_v0.01"
+    held_out_words = {
+        line.strip() for name in ("testing_list.txt", "validation_list.txt")
+        for line in (commands / name).read_text().splitlines() if line.strip()
+    }
+    assert any(path.startswith("speech_commands_v0.01/") for path in seen)
+    assert not {f"speech_commands_v0.01/{path}" for path in held_out_words} & seen
+    for evaluation_prefix in ("LibriSpeech/dev-clean/", "LibriSpeech/test-clean/",
+                              "speech_commands_test_set_v0.01/", "quesst14Database/",
+                              "diarization/wav/test/", "SNIPS/test/"):
+        assert not any(path.startswith(evaluation_prefix) for path in seen), evaluation_prefix
+    assert any(path.startswith("LibriSpeech/train-clean-100/") for path in seen)
 
 
 needs_shipped = pytest.mark.skipif(
@@ -163,7 +198,11 @@ def test_shipped_encoder_loads_with_the_real_interface():
 
 @needs_shipped
 def test_shipped_encoder_beats_random_init_on_a_keyword_probe():
-    """Fixed seeds; a subset of the mini Speech Commands keeps it under a minute."""
+    """Fixed seeds; a subset of the mini Speech Commands keeps it under a minute.
+
+    Two random twins of the same config: transformers' init, and the lowpass CNN init the
+    pre-training started from (so the margin over it is what pre-training added).
+    """
     from probe_encoder import run_probe
 
     from rewire_lobes.mini_corpus import MissingToolError, ensure_embedded_data
@@ -174,6 +213,7 @@ def test_shipped_encoder_beats_random_init_on_a_keyword_probe():
         pytest.skip(f"the mini corpus cannot be generated here: {err}")
     torch.set_num_threads(1)
     report = run_probe(SHIPPED, data_folder, compare_random=True, seeds=(0,), steps=200,
-                       max_train_per_word=8)
-    shipped, random_init = report["encoder"]["held_out_accuracy"], report["random_init"]["held_out_accuracy"]
-    assert shipped > random_init, report
+                       max_train_per_word=8, random_inits=("default", "lowpass"))
+    shipped = report["encoder"]["held_out_accuracy"]
+    assert shipped > report["random_init"]["held_out_accuracy"], report
+    assert shipped > report["random_init_lowpass"]["held_out_accuracy"], report

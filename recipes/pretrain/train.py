@@ -26,6 +26,7 @@ Authors
 """
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -176,7 +177,8 @@ class PretrainBrain(sb.Brain):
         )
         if if_main_process():
             history.write_csv(Path(self.hparams.output_folder) / "loss_history.csv")
-            history.plot(Path(self.hparams.output_folder) / "loss_curve.png")
+            history.plot(Path(self.hparams.output_folder) / "loss_curve.png",
+                         chance=math.log(self.hparams.num_negatives + 1))
 
 
 def dataio_prepare(hparams):
@@ -225,7 +227,7 @@ def dataio_prepare(hparams):
     return datasets
 
 
-def export(hparams, brain, started):
+def export(hparams, brain):
     """Writes the encoder directory, its training summary and (optionally) a copy."""
     model = hparams["wav2vec2_pretrain"]
     history = hparams["history"]
@@ -239,15 +241,20 @@ def export(hparams, brain, started):
         "updates": brain.optimizer_step,
         "encoder_parameters": count_parameters(model.wav2vec2),
         "pretraining_parameters": count_parameters(model),
+        # Summed over updates (data loading and checkpoints included, validation not),
+        # across resumed runs.
         "train_seconds": round(history.train_seconds, 1),
-        "process_wall_seconds": round(time.time() - started, 1),
         "final_loss_mean_last_50_updates": round(history.mean_loss(50), 4),
+        "final_contrastive_mean_last_50_updates": round(history.mean_loss(50, "contrastive"), 4),
+        "contrastive_at_chance": round(math.log(hparams["num_negatives"] + 1), 4),
+        "final_perplexity_mean_last_50_updates": round(history.mean_loss(50, "perplexity"), 1),
         "final_valid_loss": history.valid[-1]["loss"] if history.valid else None,
         "torch_threads": torch.get_num_threads(),
         "device": str(brain.device),
     }
     write_json_atomic(encoder_folder.parent / "pretraining_summary.json", summary)
-    history.plot(encoder_folder.parent / "loss_curve.png")
+    history.plot(encoder_folder.parent / "loss_curve.png",
+                 chance=math.log(hparams["num_negatives"] + 1))
     if hparams["export_folder"]:
         # File by file: the model card and plots already in the folder stay.
         target = Path(hparams["export_folder"])
@@ -261,7 +268,6 @@ def export(hparams, brain, started):
 
 
 if __name__ == "__main__":
-    started = time.time()
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
@@ -320,4 +326,4 @@ if __name__ == "__main__":
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     if if_main_process():
-        export(hparams, brain, started)
+        export(hparams, brain)
