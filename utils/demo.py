@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rewire_lobes.defaults import DEFAULT_UPSTREAM, resolve_upstream_source  # noqa: E402
 from rewire_lobes.io_utils import write_json_atomic, write_text_atomic  # noqa: E402
 from rewire_lobes.runs import encoder_id  # noqa: E402
 
@@ -51,9 +52,14 @@ def run(command):
 
 
 def rewire(args):
-    """Runs the rewiring recipe; returns the exported encoder directory."""
+    """Runs the rewiring recipe on the embedded encoder; returns the rewired directory.
+
+    The run folder is named after the encoder it starts from, so that a new
+    ``assets/encoder`` starts a new run instead of meeting the old one.
+    """
     strategy = Path(args.rewire_hparams).stem
-    folder = Path(args.output_root) / "demo" / f"rewire_{strategy}"
+    source = resolve_upstream_source(DEFAULT_UPSTREAM, REPO / "results")
+    folder = Path(args.output_root) / "demo" / encoder_id(source) / f"rewire_{strategy}"
     run(["recipes/rewire/train.py", args.rewire_hparams, "--output_folder", str(folder),
          "--seed", args.seed])
     return folder / "upstream"
