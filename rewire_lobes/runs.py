@@ -13,6 +13,7 @@ and the command line, resolves the embedded default, and returns the overrides w
 ``upstream_source`` (resolved) and ``encoder_id`` filled in.
 """
 
+import dataclasses
 import hashlib
 import io
 from pathlib import Path
@@ -97,6 +98,24 @@ def run_overrides(hparams_file, overrides):
     return text.getvalue()
 
 
+def parse_arguments(argv):
+    """``speechbrain.parse_arguments``, with ``--optimizer_step_limit`` read as an integer.
+
+    SpeechBrain 1.1.2 gives no type to run options whose default is None, so the limit
+    would arrive as a string and the first comparison with the update count would fail.
+    """
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    limit = run_opts["optimizer_step_limit"]
+    if isinstance(limit, str):
+        try:
+            run_opts = dataclasses.replace(run_opts, optimizer_step_limit=int(limit))
+        except ValueError:
+            raise SystemExit(
+                f"--optimizer_step_limit must be a whole number of updates, got {limit!r}"
+            ) from None
+    return hparams_file, run_opts, overrides
+
+
 def load_recipe_hparams(argv):
     """The start of every recipe: command line, DDP group, run identity, then the yaml.
 
@@ -105,7 +124,7 @@ def load_recipe_hparams(argv):
     ``(hparams, hparams_file, run_opts, overrides)``; ``overrides`` holds the resolved
     ``upstream_source`` and ``encoder_id``, for ``create_experiment_directory``.
     """
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     overrides = run_overrides(hparams_file, overrides)
     with open(hparams_file, encoding="utf-8") as fin:

@@ -69,3 +69,18 @@ def test_run_overrides_name_the_encoder(tiny_encoder, tmp_path):
     mine = overrides_dict(run_overrides(
         str(hparams), f"upstream_source: {tiny_encoder()}\nencoder_id: mine\n"))
     assert mine["encoder_id"] == "mine"
+
+
+def test_optimizer_step_limit_from_the_command_line_is_a_number():
+    import pytest
+
+    from rewire_lobes.runs import parse_arguments
+
+    _, run_opts, overrides = parse_arguments(
+        ["hparams/ks.yaml", "--optimizer_step_limit", "7", "--seed", "3"]
+    )
+    assert run_opts["optimizer_step_limit"] == 7 and overrides == "seed: 3"
+    _, run_opts, _ = parse_arguments(["hparams/ks.yaml"])
+    assert run_opts["optimizer_step_limit"] is None
+    with pytest.raises(SystemExit, match="optimizer_step_limit.*'seven'"):
+        parse_arguments(["hparams/ks.yaml", "--optimizer_step_limit", "seven"])

@@ -50,6 +50,7 @@ from rewire_lobes.pretrain import (
     sample_masks_and_negatives,
     scale_feature_encoder_gradients,
 )
+from rewire_lobes.runs import parse_arguments
 from rewire_lobes.upstream import export_encoder, normalize_waveforms
 
 logger = get_logger(__name__)
@@ -268,7 +269,7 @@ def export(hparams, brain):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
