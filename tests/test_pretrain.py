@@ -160,12 +160,12 @@ def test_recipe_trains_on_the_mini_corpus_without_its_evaluation_audio(mini_corp
         seen = {Path(row["wav"]).resolve().relative_to(mini_corpus.resolve()).as_posix()
                 for row in csv.DictReader(f)}
     commands = mini_corpus / "speech_commands_v0.01"
-    held_out_words = {
+    held_out_clips = {
         line.strip() for name in ("testing_list.txt", "validation_list.txt")
         for line in (commands / name).read_text().splitlines() if line.strip()
     }
     assert any(path.startswith("speech_commands_v0.01/") for path in seen)
-    assert not {f"speech_commands_v0.01/{path}" for path in held_out_words} & seen
+    assert not {f"speech_commands_v0.01/{path}" for path in held_out_clips} & seen
     for evaluation_prefix in ("LibriSpeech/dev-clean/", "LibriSpeech/test-clean/",
                               "speech_commands_test_set_v0.01/", "quesst14Database/",
                               "diarization/wav/test/", "SNIPS/test/"):
