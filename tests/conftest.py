@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory):
     """Returns ``make(model_type="wav2vec2", feat_extract_norm="group") -> encoder dir``."""
-    from rewire_lobes.upstream import save_random_encoder
+    from rewire_lobes.upstream.encoder import save_random_encoder
 
     made = {}
 
@@ -32,6 +32,6 @@ def mini_corpus():
     Generated into the repository's default folder (gitignored), so recipe tests and
     later sessions reuse it; a complete corpus makes this a no-op.
     """
-    from rewire_lobes.mini_corpus import ensure_mini_corpus
+    from rewire_lobes.data.mini_corpus import ensure_mini_corpus
 
     return ensure_mini_corpus()

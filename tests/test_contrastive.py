@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from rewire_lobes.batching import LengthBucketBatchSampler
-from rewire_lobes.contrastive import (
+from rewire_lobes.rewiring.batching import LengthBucketBatchSampler
+from rewire_lobes.rewiring.contrastive import (
     PairMaker,
     choose_half,
     encode_views,
@@ -184,7 +184,7 @@ def test_bucket_sampler_is_deterministic_and_groups_lengths():
 
 
 def _tiny_upstream(folder, dropout=0.1):
-    from rewire_lobes.upstream import SSLUpstream
+    from rewire_lobes.upstream.encoder import SSLUpstream
 
     upstream = SSLUpstream(folder, freeze=False, dropout=dropout)
     upstream.train()
@@ -264,7 +264,7 @@ def _ddp_worker(rank, world, port, encoder_dir, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from rewire_lobes.rewire_brain import trainable_parameters
+        from rewire_lobes.rewiring.brain import trainable_parameters
 
         upstream = _tiny_upstream(encoder_dir, dropout=0.0).eval()  # no dropout at all
         trainable_parameters(upstream)  # freezes what DDP would see unused

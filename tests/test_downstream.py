@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from rewire_lobes.downstream import EvalRounds, RunHistory, StepSampler, paper_step_budget
+from rewire_lobes.downstream.core import EvalRounds, RunHistory, StepSampler, paper_step_budget
 
 
 def rounds(sampler, first, last):
@@ -86,7 +86,7 @@ def test_paper_budgets():
 
 
 def test_tensorboard_is_optional(tmp_path):
-    from rewire_lobes.downstream import make_tensorboard_writer
+    from rewire_lobes.downstream.core import make_tensorboard_writer
 
     try:
         import tensorboard  # noqa: F401

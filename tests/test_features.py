@@ -6,11 +6,11 @@ import soundfile
 import speechbrain as sb
 import torch
 
-from rewire_lobes.features import FeatureCache, manifest_fingerprint, pool_states
-from rewire_lobes.heads import UtteranceLevelHead, masked_mean
-from rewire_lobes.manifests import write_manifest
-from rewire_lobes.upstream import SSLUpstream, WeightedLayerSum
-from rewire_lobes.utterance import audio_pipeline, audio_pipeline_tag
+from rewire_lobes.downstream.features import FeatureCache, manifest_fingerprint, pool_states
+from rewire_lobes.downstream.heads import UtteranceLevelHead, masked_mean
+from rewire_lobes.data.manifests import write_manifest
+from rewire_lobes.upstream.encoder import SSLUpstream, WeightedLayerSum
+from rewire_lobes.downstream.utterance import audio_pipeline, audio_pipeline_tag
 
 COLUMNS = ["ID", "duration", "wav", "start", "stop"]
 

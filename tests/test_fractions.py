@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from rewire_lobes.fractions import FractionError, check_fraction, subsample_rows
+from rewire_lobes.data.fractions import FractionError, check_fraction, subsample_rows
 
 
 def make_rows(counts, group_size=1):
@@ -90,7 +90,7 @@ def test_group_with_two_labels_is_rejected():
 def test_same_subset_in_every_process():
     """The permutation seed must not come from hash(), which Python salts per process."""
     code = (
-        "from rewire_lobes.fractions import select_groups;"
+        "from rewire_lobes.data.fractions import select_groups;"
         "print(sorted(select_groups({f'u{i}': 'ab'[i % 2] for i in range(200)}, 0.05, 1986)))"
     )
     outputs = {

@@ -13,8 +13,8 @@ import ruamel.yaml
 import soundfile
 import torch
 
-from rewire_lobes.audio import AudioError
-from rewire_lobes.manifests import read_manifest
+from rewire_lobes.data.audio import AudioError
+from rewire_lobes.data.manifests import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "recipes" / "KS"), str(REPO / "recipes" / "IC")]
@@ -175,7 +175,7 @@ def test_bad_audio_fails_at_preparation_naming_the_file(tmp_path, kind, message)
 
 
 def test_stereo_and_8khz_are_fixed_on_reading(tmp_path):
-    from rewire_lobes.utterance import audio_pipeline
+    from rewire_lobes.downstream.utterance import audio_pipeline
 
     build_speech_commands(tmp_path / "data")
     stereo = write_wav(tmp_path / "data" / TRAIN_FOLDER / "yes" / "cafe0001_nohash_0.wav",
@@ -350,7 +350,7 @@ def test_brain_in_process(tiny_encoder, tmp_path):
     """Frozen encoder in eval mode while training, not checkpointed; results.json schema."""
     from hyperpyyaml import load_hyperpyyaml
 
-    from rewire_lobes.utterance import UtteranceBrain, dataio_prepare, describe_datasets
+    from rewire_lobes.downstream.utterance import UtteranceBrain, dataio_prepare, describe_datasets
 
     class Probe(UtteranceBrain):
         batches = 0

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from rewire_lobes import mini_corpus as generator
-from rewire_lobes.mini_corpus import (
+from rewire_lobes.data import mini_corpus as generator
+from rewire_lobes.data.mini_corpus import (
     INSTALL_COMMAND,
     KEYWORDS,
     SNIPS_VOICES,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from rewire_lobes import neutral
-from rewire_lobes.neutral import (
+from rewire_lobes.rewiring import neutral
+from rewire_lobes.rewiring.neutral import (
     FestivalWorker,
     SynthesisError,
     _PipeWorker,

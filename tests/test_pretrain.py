@@ -74,7 +74,7 @@ def test_prepare_finds_audio_recursively_and_excludes_held_out(audio_folder, tmp
 
 
 def test_gumbel_schedule_is_scaled_to_the_run():
-    from rewire_lobes.pretrain import gumbel_decay_for_run, gumbel_temperature
+    from rewire_lobes.upstream.pretrain import gumbel_decay_for_run, gumbel_temperature
 
     decay = gumbel_decay_for_run(100, 2.0, 0.5, anneal_fraction=0.7)
     assert gumbel_temperature(0, 2.0, 0.5, decay) == 2.0
@@ -83,7 +83,7 @@ def test_gumbel_schedule_is_scaled_to_the_run():
 
 
 def test_feature_grad_mult_scales_only_the_cnn_gradient():
-    from rewire_lobes.pretrain import build_pretraining_model, scale_feature_encoder_gradients
+    from rewire_lobes.upstream.pretrain import build_pretraining_model, scale_feature_encoder_gradients
 
     torch.manual_seed(0)
     model = build_pretraining_model("tiny", num_negatives=5).eval()
@@ -134,7 +134,7 @@ def test_recipe_loss_goes_down_resumes_and_exports(audio_folder, tmp_path):
     summary = json.loads((output / "pretraining_summary.json").read_text())
     assert summary["updates"] == 30
 
-    from rewire_lobes.upstream import SSLUpstream
+    from rewire_lobes.upstream.encoder import SSLUpstream
 
     upstream = SSLUpstream(str(output / "encoder"))
     hidden, frame_lens = upstream(torch.randn(2, 16000))
@@ -183,7 +183,7 @@ needs_shipped = pytest.mark.skipif(
 def test_shipped_encoder_loads_with_the_real_interface():
     import transformers
 
-    from rewire_lobes.upstream import SSLUpstream
+    from rewire_lobes.upstream.encoder import SSLUpstream
 
     assert (SHIPPED / "model.safetensors").stat().st_size < 20 * 2**20
     model = transformers.AutoModel.from_pretrained(str(SHIPPED))
@@ -205,7 +205,7 @@ def test_shipped_encoder_beats_random_init_on_a_keyword_probe():
     """
     from probe_encoder import run_probe
 
-    from rewire_lobes.mini_corpus import MissingToolError, ensure_embedded_data
+    from rewire_lobes.data.mini_corpus import MissingToolError, ensure_embedded_data
 
     try:
         data_folder = ensure_embedded_data("data/mini/speech_commands_v0.01")

@@ -86,9 +86,9 @@ def test_prepare_generates_the_mini_corpus_only_for_the_embedded_default(tmp_pat
         calls.append((output_folder, corpora))
         make_librispeech(Path(output_folder) / "LibriSpeech")
 
-    fake = types.ModuleType("rewire_lobes.mini_corpus")
+    fake = types.ModuleType("rewire_lobes.data.mini_corpus")
     fake.ensure_mini_corpus = ensure_mini_corpus
-    monkeypatch.setitem(sys.modules, "rewire_lobes.mini_corpus", fake)
+    monkeypatch.setitem(sys.modules, "rewire_lobes.data.mini_corpus", fake)
 
     with pytest.raises(FileNotFoundError, match="--data_folder"):
         prepare.prepare_librispeech_rewire(tmp_path / "missing", tmp_path / "out",
@@ -154,7 +154,7 @@ def run_recipe(yaml, *args):
 def test_twin_recipe_resumes_and_exports(tmp_path, tiny_encoder):
     from transformers import AutoModel
 
-    from rewire_lobes.upstream import SSLUpstream
+    from rewire_lobes.upstream.encoder import SSLUpstream
 
     data = make_librispeech(tmp_path / "LibriSpeech")
     source = tiny_encoder(feat_extract_norm="layer")

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import ruamel.yaml
 
-import rewire_lobes.upstream
-from rewire_lobes import defaults
-from rewire_lobes.runs import encoder_fingerprint, encoder_id, run_overrides
+import rewire_lobes.upstream.encoder
+from rewire_lobes.runs import defaults
+from rewire_lobes.runs.cli import encoder_fingerprint, encoder_id, run_overrides
 
 YAML = """
 upstream_source: assets/encoder
@@ -38,7 +38,7 @@ def test_missing_embedded_encoder_falls_back_once(tmp_path, monkeypatch, caplog,
         made.append(size)
         shutil.copytree(tiny_encoder(), directory)
 
-    monkeypatch.setattr(rewire_lobes.upstream, "save_random_encoder", fake_save)
+    monkeypatch.setattr(rewire_lobes.upstream.encoder, "save_random_encoder", fake_save)
     first = defaults.resolve_upstream_source("assets/encoder", tmp_path / "out")
     again = defaults.resolve_upstream_source("assets/encoder", tmp_path / "out")
     assert first == again == str((tmp_path / "out" / defaults.FALLBACK_NAME).resolve())
@@ -74,7 +74,7 @@ def test_run_overrides_name_the_encoder(tiny_encoder, tmp_path):
 def test_optimizer_step_limit_from_the_command_line_is_a_number():
     import pytest
 
-    from rewire_lobes.runs import parse_arguments
+    from rewire_lobes.runs.cli import parse_arguments
 
     _, run_opts, overrides = parse_arguments(
         ["hparams/ks.yaml", "--optimizer_step_limit", "7", "--seed", "3"]

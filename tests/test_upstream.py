@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers
 
-from rewire_lobes.upstream import (
+from rewire_lobes.upstream.encoder import (
     SSLUpstream,
     UpstreamLoadError,
     WeightedLayerSum,

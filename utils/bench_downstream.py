@@ -30,12 +30,12 @@ import soundfile
 import speechbrain as sb
 import torch
 
-from rewire_lobes.defaults import DEFAULT_UPSTREAM, resolve_upstream_source
-from rewire_lobes.features import FeatureCache
-from rewire_lobes.heads import UtteranceLevelHead
-from rewire_lobes.manifests import write_manifest
-from rewire_lobes.upstream import SSLUpstream, WeightedLayerSum, describe_encoder, save_random_encoder
-from rewire_lobes.utterance import audio_pipeline
+from rewire_lobes.runs.defaults import DEFAULT_UPSTREAM, resolve_upstream_source
+from rewire_lobes.downstream.features import FeatureCache
+from rewire_lobes.downstream.heads import UtteranceLevelHead
+from rewire_lobes.data.manifests import write_manifest
+from rewire_lobes.upstream.encoder import SSLUpstream, WeightedLayerSum, describe_encoder, save_random_encoder
+from rewire_lobes.downstream.utterance import audio_pipeline
 
 
 def parse_args(argv):

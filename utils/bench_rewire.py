@@ -78,9 +78,9 @@ def load_views(work_dir, pairs, updates, device):
     """``updates`` batches of Twin pairs: lists of ``2 * pairs`` views, anchors first."""
     import csv
 
-    from rewire_lobes.audio import load_audio
-    from rewire_lobes.batching import LengthBucketBatchSampler
-    from rewire_lobes.contrastive import SPLIT_SAMPLES, PairMaker
+    from rewire_lobes.data.audio import load_audio
+    from rewire_lobes.rewiring.batching import LengthBucketBatchSampler
+    from rewire_lobes.rewiring.contrastive import SPLIT_SAMPLES, PairMaker
 
     with open(Path(work_dir) / "train.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -105,10 +105,10 @@ def load_views(work_dir, pairs, updates, device):
 def run_variant(args):
     import torch
 
-    from rewire_lobes.contrastive import (
+    from rewire_lobes.rewiring.contrastive import (
         encode_views, grad_cache_backward, info_nce, pad_views, pool_utterances)
-    from rewire_lobes.rewire_brain import trainable_parameters
-    from rewire_lobes.upstream import SSLUpstream
+    from rewire_lobes.rewiring.brain import trainable_parameters
+    from rewire_lobes.upstream.encoder import SSLUpstream
 
     pairs, mode = VARIANTS[args.worker]
     updates = args.updates if pairs <= 4 else args.big_updates
@@ -188,7 +188,7 @@ def time_tts(work_dir, count):
     """Seconds per utterance: text2wave per utterance vs our Festival workers."""
     import csv
 
-    from rewire_lobes.neutral import synthesize_texts, tts_text
+    from rewire_lobes.rewiring.neutral import synthesize_texts, tts_text
 
     with open(Path(work_dir) / "train.csv", newline="", encoding="utf-8") as handle:
         texts = [tts_text(r["wrd"]) for r in csv.DictReader(handle)][:count]
@@ -222,14 +222,14 @@ def prepare(args, work_dir):
     sys.path.insert(0, str(REPO / "recipes" / "rewire"))
     from librispeech_prepare import prepare_librispeech_rewire
 
-    from rewire_lobes.defaults import resolve_upstream_source
+    from rewire_lobes.runs.defaults import resolve_upstream_source
 
     prepare_librispeech_rewire(args.data_folder, work_dir,
                                embedded_data_folder="data/mini/LibriSpeech")
     if args.upstream_source:
         return resolve_upstream_source(args.upstream_source, REPO / "results")
     if args.device == "cuda":
-        from rewire_lobes.upstream import save_random_encoder
+        from rewire_lobes.upstream.encoder import save_random_encoder
 
         return str(save_random_encoder(Path(work_dir) / "large", size="large"))
     return resolve_upstream_source("assets/encoder", REPO / "results")

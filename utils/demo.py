@@ -23,9 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rewire_lobes.defaults import DEFAULT_UPSTREAM, resolve_upstream_source  # noqa: E402
+from rewire_lobes.runs.defaults import DEFAULT_UPSTREAM, resolve_upstream_source  # noqa: E402
 from rewire_lobes.io_utils import write_json_atomic, write_text_atomic  # noqa: E402
-from rewire_lobes.runs import encoder_id  # noqa: E402
+from rewire_lobes.runs.cli import encoder_id  # noqa: E402
 
 TASKS = {"KS": "hparams/ks.yaml", "IC": "hparams/ic.yaml"}
 

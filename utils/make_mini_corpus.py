@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generates the embedded mini corpus (six corpora in their real on-disk layouts).
 
-A thin command line over :func:`rewire_lobes.mini_corpus.ensure_mini_corpus`; recipes call
+A thin command line over :func:`rewire_lobes.data.mini_corpus.ensure_mini_corpus`; recipes call
 that function themselves when their ``data_folder`` is the embedded default and absent.
 
 Usage:
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from rewire_lobes.mini_corpus import (
+from rewire_lobes.data.mini_corpus import (
     CORPORA,
     DEFAULT_FOLDER,
     DEFAULT_SEED,

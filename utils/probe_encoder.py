@@ -38,10 +38,10 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rewire_lobes.audio import load_audio  # noqa: E402
-from rewire_lobes.mini_corpus import speech_commands_split  # noqa: E402
-from rewire_lobes.pretrain import lowpass_feature_encoder_init  # noqa: E402
-from rewire_lobes.upstream import (  # noqa: E402
+from rewire_lobes.data.audio import load_audio  # noqa: E402
+from rewire_lobes.data.mini_corpus import speech_commands_split  # noqa: E402
+from rewire_lobes.upstream.pretrain import lowpass_feature_encoder_init  # noqa: E402
+from rewire_lobes.upstream.encoder import (  # noqa: E402
     SSLUpstream,
     WeightedLayerSum,
     export_encoder,
@@ -138,7 +138,7 @@ def random_twin(encoder, directory, seed=0, init="default"):
     """A randomly initialised encoder of ``encoder``'s configuration, in ``directory``.
 
     ``init="lowpass"`` starts its CNN as ``recipes/pretrain`` does by default
-    (:func:`rewire_lobes.pretrain.lowpass_feature_encoder_init`): the control that
+    (:func:`rewire_lobes.upstream.pretrain.lowpass_feature_encoder_init`): the control that
     separates what pre-training learned from what that initialisation gives.
     """
     config = transformers.AutoConfig.from_pretrained(str(encoder))
@@ -220,7 +220,7 @@ def main(argv=None):
     torch.set_num_threads(1)
 
     if Path(args.data_folder).resolve() == (Path.cwd() / "data/mini/speech_commands_v0.01").resolve():
-        from rewire_lobes.mini_corpus import ensure_embedded_data
+        from rewire_lobes.data.mini_corpus import ensure_embedded_data
 
         ensure_embedded_data(args.data_folder)
     report = run_probe(args.encoder, args.data_folder, args.compare_random, tuple(args.seeds),

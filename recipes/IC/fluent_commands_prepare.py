@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 
 from rewire_lobes.io_utils import write_json_atomic
-from rewire_lobes.manifests import already_prepared, checked_duration, mark_prepared, write_manifest
+from rewire_lobes.data.manifests import already_prepared, checked_duration, mark_prepared, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ import logging
 import random
 from pathlib import Path
 
-from rewire_lobes.audio import audio_info
-from rewire_lobes.manifests import already_prepared, checked_duration, mark_prepared, write_manifest
+from rewire_lobes.data.audio import audio_info
+from rewire_lobes.data.manifests import already_prepared, checked_duration, mark_prepared, write_manifest
 from rewire_lobes.io_utils import write_json_atomic
-from rewire_lobes.utterance import SILENCE, UNKNOWN, keyword_classes
+from rewire_lobes.downstream.utterance import SILENCE, UNKNOWN, keyword_classes
 
 logger = logging.getLogger(__name__)
 

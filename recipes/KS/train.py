@@ -20,9 +20,9 @@ import sys
 import speechbrain as sb
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.defaults import ensure_default_data
-from rewire_lobes.runs import load_recipe_hparams
-from rewire_lobes.utterance import dataio_prepare, train_and_test
+from rewire_lobes.runs.defaults import ensure_default_data
+from rewire_lobes.runs.cli import load_recipe_hparams
+from rewire_lobes.downstream.utterance import dataio_prepare, train_and_test
 
 if __name__ == "__main__":
     # Also resolves the embedded encoder and names the run folder after the encoder.

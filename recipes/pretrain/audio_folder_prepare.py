@@ -16,7 +16,7 @@ import logging
 import random
 from pathlib import Path
 
-from rewire_lobes.audio import AudioError, audio_info
+from rewire_lobes.data.audio import AudioError, audio_info
 from rewire_lobes.io_utils import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)

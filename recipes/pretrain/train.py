@@ -39,9 +39,9 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
-from rewire_lobes.audio import load_audio
+from rewire_lobes.data.audio import load_audio
 from rewire_lobes.io_utils import atomic_path, write_json_atomic
-from rewire_lobes.pretrain import (
+from rewire_lobes.upstream.pretrain import (
     count_parameters,
     crop_to_shortest,
     fixed_numpy_seed,
@@ -50,8 +50,8 @@ from rewire_lobes.pretrain import (
     sample_masks_and_negatives,
     scale_feature_encoder_gradients,
 )
-from rewire_lobes.runs import parse_arguments
-from rewire_lobes.upstream import export_encoder, normalize_waveforms
+from rewire_lobes.runs.cli import parse_arguments
+from rewire_lobes.upstream.encoder import export_encoder, normalize_waveforms
 
 logger = get_logger(__name__)
 
@@ -282,7 +282,7 @@ if __name__ == "__main__":
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
     from audio_folder_prepare import prepare_audio_folder  # noqa: E402
 
-    from rewire_lobes.mini_corpus import ensure_embedded_data  # noqa: E402
+    from rewire_lobes.data.mini_corpus import ensure_embedded_data  # noqa: E402
 
     # The embedded default (data/mini) is generated when absent; other folders are used as is.
     audio_folder = run_on_main(ensure_embedded_data, args=[hparams["audio_folder"]])

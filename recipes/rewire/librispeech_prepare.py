@@ -25,7 +25,7 @@ import logging
 import random
 from pathlib import Path
 
-from rewire_lobes.audio import SAMPLE_RATE, AudioError, audio_info
+from rewire_lobes.data.audio import SAMPLE_RATE, AudioError, audio_info
 from rewire_lobes.io_utils import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def _ensure_corpus(data_folder, embedded_data_folder):
     if embedded:
         # Imported here: only the embedded default needs the generator. A no-op when the
         # mini corpus is complete; it (re)generates a missing or half-written one.
-        from rewire_lobes.mini_corpus import ensure_mini_corpus
+        from rewire_lobes.data.mini_corpus import ensure_mini_corpus
 
         ensure_mini_corpus(str(data_folder.parent), corpora=["librispeech"])
     if not data_folder.exists():

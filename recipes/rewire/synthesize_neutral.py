@@ -20,7 +20,7 @@ import logging
 import sys
 
 from rewire_lobes.io_utils import write_json_atomic
-from rewire_lobes.neutral import BACKENDS, manifest_texts, resolve_voice, synthesize_manifest
+from rewire_lobes.rewiring.neutral import BACKENDS, manifest_texts, resolve_voice, synthesize_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -26,13 +26,13 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from rewire_lobes.audio import SAMPLE_RATE, load_audio
-from rewire_lobes.batching import LengthBucketBatchSampler
-from rewire_lobes.defaults import FALLBACK_NAME
+from rewire_lobes.data.audio import SAMPLE_RATE, load_audio
+from rewire_lobes.rewiring.batching import LengthBucketBatchSampler
+from rewire_lobes.runs.defaults import FALLBACK_NAME
 from rewire_lobes.io_utils import write_json_atomic
-from rewire_lobes.neutral import neutral_path, resolve_voice, tts_text
-from rewire_lobes.rewire_brain import RewireBrain
-from rewire_lobes.runs import load_recipe_hparams
+from rewire_lobes.rewiring.neutral import neutral_path, resolve_voice, tts_text
+from rewire_lobes.rewiring.brain import RewireBrain
+from rewire_lobes.runs.cli import load_recipe_hparams
 
 logger = logging.getLogger(__name__)
 

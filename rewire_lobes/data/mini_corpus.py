@@ -28,7 +28,7 @@ A rerun with the same arguments finds the markers and returns at once.
 
 Example
 -------
->>> from rewire_lobes.mini_corpus import ensure_mini_corpus
+>>> from rewire_lobes.data.mini_corpus import ensure_mini_corpus
 >>> root = ensure_mini_corpus("data/mini", corpora=["speech_commands"])  # doctest: +SKIP
 """
 
@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1.0"
 DEFAULT_SEED = 1234
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FOLDER = REPO_ROOT / "data" / "mini"
 SUMMARY_FILE = "MINI_CORPUS.json"
 MARKER_FOLDER = "_generation"
@@ -726,7 +726,7 @@ def _write_librispeech(ctx):
     write_lines(
         folder / "SPEAKERS.TXT",
         [
-            "; Synthetic speakers of the embedded mini corpus (rewire_lobes.mini_corpus)",
+            "; Synthetic speakers of the embedded mini corpus (rewire_lobes.data.mini_corpus)",
             ";ID  |SEX| SUBSET           | VOICE",
         ]
         + speaker_lines,
@@ -1707,7 +1707,7 @@ def _write_summary(root, fingerprint, tools):
                 key: marker[key] for key in ("fingerprint", "folders", "tools", "counts")
             }
     summary = {
-        "generator": "rewire_lobes.mini_corpus",
+        "generator": "rewire_lobes.data.mini_corpus",
         "generator_version": GENERATOR_VERSION,
         "seed": fingerprint["seed"],
         "scale": fingerprint["scale"],

@@ -37,7 +37,7 @@ from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.epoch_loop import EpochCounter
 
 from rewire_lobes.io_utils import write_json_atomic
-from rewire_lobes.upstream import describe_encoder
+from rewire_lobes.upstream.encoder import describe_encoder
 
 logger = logging.getLogger(__name__)
 

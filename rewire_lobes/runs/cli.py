@@ -23,8 +23,8 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.defaults import resolve_upstream_source
-from rewire_lobes.upstream import encoder_tag
+from rewire_lobes.runs.defaults import resolve_upstream_source
+from rewire_lobes.upstream.encoder import encoder_tag
 
 ENCODER_FILES = ("config.json", "preprocessor_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")

@@ -34,7 +34,7 @@ def check_fraction(fraction):
     >>> check_fraction(5)
     Traceback (most recent call last):
      ...
-    rewire_lobes.fractions.FractionError: --fraction must be in (0, 1] (a share of the training labels, e.g. 0.01 for 1 %), got 5
+    rewire_lobes.data.fractions.FractionError: --fraction must be in (0, 1] (a share of the training labels, e.g. 0.01 for 1 %), got 5
     """
     try:
         value = float(fraction)

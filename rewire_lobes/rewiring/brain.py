@@ -1,7 +1,7 @@
 """``RewireBrain``: contrastive rewiring of an SSL encoder (Yang et al., 2022) as an sb.Brain.
 
 One training batch holds ``B`` utterances; each yields an anchor view and a positive view
-(:class:`rewire_lobes.contrastive.PairMaker`). All ``2B`` views go through the encoder in
+(:class:`rewire_lobes.rewiring.contrastive.PairMaker`). All ``2B`` views go through the encoder in
 one padded forward pass (or, with ``grad_cache: True``, in chunks whose gradients are
 exactly those of the whole batch). Each view becomes the mean over valid frames of the
 uniform average of all hidden states, and InfoNCE (τ = 0.04) pulls pairs together, with
@@ -28,7 +28,7 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import if_main_process
 
-from rewire_lobes.contrastive import (
+from rewire_lobes.rewiring.contrastive import (
     encode_views,
     global_info_nce,
     grad_cache_backward,

@@ -42,7 +42,7 @@ import soundfile
 
 from rewire_lobes.io_utils import atomic_path
 
-# rewire_lobes.audio (torch) is imported where it is used: the espeak worker process runs
+# rewire_lobes.data.audio (torch) is imported where it is used: the espeak worker process runs
 # this module and should start in a blink.
 
 logger = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class EspeakWorker(_PipeWorker):
             raise BackendUnavailable(
                 "libespeak-ng is not installed (sudo apt-get install espeak-ng)"
             )
-        return [sys.executable, "-m", "rewire_lobes.neutral", "--espeak-worker", self.voice]
+        return [sys.executable, "-m", "rewire_lobes.rewiring.neutral", "--espeak-worker", self.voice]
 
     def startup_request(self, tag):
         return json.dumps({"tag": tag})
@@ -393,7 +393,7 @@ def synthesize_texts(texts, cache_dir, backend="festival", voice=None, num_worke
 
 def _store_16k(raw_path, final_path):
     """Reads the synthesiser's file, converts to 16 kHz mono, writes ``final_path`` atomically."""
-    from rewire_lobes.audio import load_audio
+    from rewire_lobes.data.audio import load_audio
 
     wav = load_audio(raw_path, sample_rate=SAMPLE_RATE)
     with atomic_path(final_path) as tmp:

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.audio import load_audio
-from rewire_lobes.downstream import DownstreamBrain
-from rewire_lobes.features import FeatureCache
-from rewire_lobes.fractions import check_fraction, subsample_rows
-from rewire_lobes.manifests import read_manifest, write_manifest
+from rewire_lobes.data.audio import load_audio
+from rewire_lobes.downstream.core import DownstreamBrain
+from rewire_lobes.downstream.features import FeatureCache
+from rewire_lobes.data.fractions import check_fraction, subsample_rows
+from rewire_lobes.data.manifests import read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import csv
 import json
 from pathlib import Path
 
-from rewire_lobes.audio import AudioError, audio_info
+from rewire_lobes.data.audio import AudioError, audio_info
 from rewire_lobes.io_utils import atomic_path, write_json_atomic
 
 OPTIONS_FILE = "prepare_options.json"

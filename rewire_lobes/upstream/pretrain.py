@@ -28,7 +28,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
 )
 
 from rewire_lobes.io_utils import atomic_path
-from rewire_lobes.upstream import quiet_transformers, random_encoder_config
+from rewire_lobes.upstream.encoder import quiet_transformers, random_encoder_config
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def build_pretraining_model(
     Arguments
     ---------
     encoder_size : str
-        A key of ``rewire_lobes.upstream.ENCODER_SIZES`` ("tiny", "small", "large").
+        A key of ``rewire_lobes.upstream.encoder.ENCODER_SIZES`` ("tiny", "small", "large").
         Ignored when ``upstream_source`` is given.
     feat_extract_norm : str
         "group" (wav2vec2-base style CNN) or "layer" (lv60 style, with stable layer norm).

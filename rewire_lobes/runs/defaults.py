@@ -12,7 +12,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_UPSTREAM = "assets/encoder"
 FALLBACK_NAME = "random_small_encoder"
 
@@ -60,7 +60,7 @@ def resolve_upstream_source(source, fallback_folder):
 
 
 def _create_fallback(fallback):
-    from rewire_lobes.upstream import save_random_encoder  # loads transformers: only when needed
+    from rewire_lobes.upstream.encoder import save_random_encoder  # loads transformers: only when needed
 
     fallback.parent.mkdir(parents=True, exist_ok=True)
     with open(fallback.parent / f".{fallback.name}.lock", "w") as lock:
@@ -81,7 +81,7 @@ def ensure_default_data(data_folder, expected, corpus):
     """
     if Path(data_folder) != Path(DEFAULT_DATA_FOLDER):
         return
-    from rewire_lobes.mini_corpus import ensure_mini_corpus  # imported only when needed
+    from rewire_lobes.data.mini_corpus import ensure_mini_corpus  # imported only when needed
 
     # A no-op when the corpus is complete; regenerates a half-written one.
     ensure_mini_corpus(data_folder, corpora=[corpus])
