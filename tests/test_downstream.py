@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from rewire_lobes.downstream.core import EvalRounds, RunHistory, StepSampler, paper_step_budget
+from rewire_lobes.downstream.schedule import EvalRounds, RunHistory, StepSampler, paper_step_budget
 
 
 def rounds(sampler, first, last):

@@ -74,8 +74,8 @@ def labels_of(path):
 # ---------------------------------------------------------------------- KS preparation
 def test_ks_prepare_real_layout(tmp_path):
     speakers = build_speech_commands(tmp_path / "data")
-    out = tmp_path / "manifests"
-    prepare_speech_commands(tmp_path / "data", out, keywords=["yes", "no"], silence_crops=4)
+    out = prepare_speech_commands(tmp_path / "data", tmp_path / "manifests", keywords=["yes", "no"],
+                                  silence_crops=4)
 
     labels = json.loads((out / "labels.json").read_text())
     assert labels["label"] == ["yes", "no", "_unknown_", "_silence_"]
@@ -102,40 +102,42 @@ def test_ks_prepare_real_layout(tmp_path):
 
 def test_ks_keywords_covering_every_word(tmp_path):
     build_speech_commands(tmp_path / "data")
-    out = tmp_path / "manifests"
-    prepare_speech_commands(tmp_path / "data", out, keywords=["yes", "no", "bed"])
+    out = prepare_speech_commands(tmp_path / "data", tmp_path / "manifests",
+                                  keywords=["yes", "no", "bed"])
     assert "_unknown_" not in labels_of(out / "train.csv")  # empty class, kept in the output
     assert json.loads((out / "labels.json").read_text())["label"][-2:] == ["_unknown_", "_silence_"]
 
 
 def test_ks_reprepares_only_when_options_change(tmp_path):
     build_speech_commands(tmp_path / "data")
-    out = tmp_path / "manifests"
-    prepare_speech_commands(tmp_path / "data", out, keywords=["yes"])
+    root = tmp_path / "manifests"
+    out = prepare_speech_commands(tmp_path / "data", root, keywords=["yes"])
     stamp = (out / "train.csv").stat().st_mtime_ns
-    prepare_speech_commands(tmp_path / "data", out, keywords=["yes"])
+    assert prepare_speech_commands(tmp_path / "data", root, keywords=["yes"]) == out
     assert (out / "train.csv").stat().st_mtime_ns == stamp
-    prepare_speech_commands(tmp_path / "data", out, keywords=["yes", "no"])
-    assert "no" in labels_of(out / "train.csv")
+    other = prepare_speech_commands(tmp_path / "data", root, keywords=["yes", "no"])
+    assert other != out and "no" in labels_of(other / "train.csv")
+    assert (out / "train.csv").stat().st_mtime_ns == stamp  # each option set keeps its own
 
 
 def test_ks_missing_test_set(tmp_path):
     build_speech_commands(tmp_path / "data", test=False, noise=False)
     with pytest.raises(FileNotFoundError, match="--missing_test_set hash_split"):
         prepare_speech_commands(tmp_path / "data", tmp_path / "m1")
-    prepare_speech_commands(tmp_path / "data", tmp_path / "m2", missing_test_set="hash_split")
-    test_rows = read_manifest(tmp_path / "m2" / "test.csv")
+    out = prepare_speech_commands(tmp_path / "data", tmp_path / "m2",
+                                  missing_test_set="hash_split")
+    test_rows = read_manifest(out / "test.csv")
     speakers = speakers_by_split()
     assert {r["spk"] for r in test_rows} == set(speakers["hash_test"])
-    assert "hash split" in json.loads((tmp_path / "m2" / "labels.json").read_text())["test_set"]
+    assert "hash split" in json.loads((out / "labels.json").read_text())["test_set"]
 
 
 def test_ks_data_folder_may_be_the_train_folder_itself(tmp_path):
     """As the shared sample is laid out: the word folders directly under --data_folder."""
     build_speech_commands(tmp_path / "data")
     (tmp_path / "data" / TRAIN_FOLDER / "validation_list.txt").write_text("")
-    prepare_speech_commands(tmp_path / "data" / TRAIN_FOLDER, tmp_path / "m")
-    assert len(read_manifest(tmp_path / "m" / "test.csv")) == 8
+    out = prepare_speech_commands(tmp_path / "data" / TRAIN_FOLDER, tmp_path / "m")
+    assert len(read_manifest(out / "test.csv")) == 8
 
 
 def test_ks_wrong_data_folder_names_the_layout(tmp_path):
@@ -175,15 +177,14 @@ def test_bad_audio_fails_at_preparation_naming_the_file(tmp_path, kind, message)
 
 
 def test_stereo_and_8khz_are_fixed_on_reading(tmp_path):
-    from rewire_lobes.downstream.utterance import audio_pipeline
+    from rewire_lobes.downstream.dataio import audio_pipeline
 
     build_speech_commands(tmp_path / "data")
     stereo = write_wav(tmp_path / "data" / TRAIN_FOLDER / "yes" / "cafe0001_nohash_0.wav",
                        seconds=0.5, channels=2)
     narrow = write_wav(tmp_path / "data" / TRAIN_FOLDER / "no" / "cafe0002_nohash_0.wav",
                        seconds=0.5, rate=8000)
-    out = tmp_path / "m"
-    prepare_speech_commands(tmp_path / "data", out, keywords=["yes", "no"])
+    out = prepare_speech_commands(tmp_path / "data", tmp_path / "m", keywords=["yes", "no"])
     rows = {Path(r["wav"]).name: r for r in read_manifest(out / "train.csv")
             + read_manifest(out / "dev.csv")}
     assert float(rows[stereo.name]["duration"]) == pytest.approx(0.5)
@@ -223,8 +224,7 @@ def build_fluent(root, valid_object="lights"):
 
 def test_ic_prepare_real_layout(tmp_path):
     build_fluent(tmp_path / "data")
-    out = tmp_path / "m"
-    prepare_fluent_commands(tmp_path / "data", out)
+    out = prepare_fluent_commands(tmp_path / "data", tmp_path / "m")
     labels = json.loads((out / "labels.json").read_text())
     assert labels == {
         "action": ["activate", "increase", "decrease"],
@@ -250,13 +250,13 @@ def test_ic_missing_csvs(tmp_path):
 
 # ---------------------------------------------------------------------- mini corpus
 def test_prepare_on_mini_corpus(mini_corpus, tmp_path):
-    prepare_speech_commands(mini_corpus, tmp_path / "ks")
-    classes = json.loads((tmp_path / "ks" / "labels.json").read_text())["label"]
+    ks = prepare_speech_commands(mini_corpus, tmp_path / "ks")
+    classes = json.loads((ks / "labels.json").read_text())["label"]
     assert len(classes) == 12
-    assert set(labels_of(tmp_path / "ks" / "train.csv")) == set(classes)
-    assert set(labels_of(tmp_path / "ks" / "test.csv")) == set(classes)
-    prepare_fluent_commands(mini_corpus, tmp_path / "ic")
-    labels = json.loads((tmp_path / "ic" / "labels.json").read_text())
+    assert set(labels_of(ks / "train.csv")) == set(classes)
+    assert set(labels_of(ks / "test.csv")) == set(classes)
+    ic = prepare_fluent_commands(mini_corpus, tmp_path / "ic")
+    labels = json.loads((ic / "labels.json").read_text())
     assert [len(labels[s]) for s in ("action", "object", "location")] == [6, 14, 4]
 
 
@@ -265,7 +265,8 @@ SHARED_KEYS = {
     "task", "seed", "fraction", "strategy", "upstream_source", "encoder_id", "output_root",
     "output_folder", "data_folder", "skip_prep", "max_steps", "eval_every_steps", "lr",
     "batch_size", "max_grad_norm", "cache_features", "use_tensorboard", "layer_norm",
-    "gain_db", "metric", "dev_metric", "metric_direction", "num_workers",
+    "gain_db", "metric", "dev_metric", "num_workers", "run_profile", "embedded_profile",
+    "run_identity_keys", "manifest_root",
 }
 
 
@@ -350,7 +351,8 @@ def test_brain_in_process(tiny_encoder, tmp_path):
     """Frozen encoder in eval mode while training, not checkpointed; results.json schema."""
     from hyperpyyaml import load_hyperpyyaml
 
-    from rewire_lobes.downstream.utterance import UtteranceBrain, dataio_prepare, describe_datasets
+    from rewire_lobes.downstream.dataio import dataio_prepare, describe_datasets
+    from rewire_lobes.downstream.utterance import UtteranceBrain, add_head
 
     class Probe(UtteranceBrain):
         batches = 0
@@ -365,12 +367,14 @@ def test_brain_in_process(tiny_encoder, tmp_path):
         "upstream_source": tiny_encoder(), "encoder_id": "tiny", "output_root": str(tmp_path),
         "data_folder": str(tmp_path / "data"), "fraction": 0.5, "max_steps": 5,
         "eval_every_steps": 2, "batch_size": 4, "keywords": ["yes", "no"],
+        "run_profile": "paper", "strategy": "baseline",
     }
     with open(REPO / "hparams" / "ks.yaml") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
-    prepare_speech_commands(hparams["data_folder"], hparams["manifest_folder"],
-                            keywords=hparams["keywords"])
+    hparams["manifest_folder"] = prepare_speech_commands(
+        hparams["data_folder"], hparams["manifest_root"], keywords=hparams["keywords"])
     datasets = dataio_prepare(hparams)
+    add_head(hparams)
     brain = Probe(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
                   run_opts={"noprogressbar": True}, checkpointer=hparams["checkpointer"])
     brain.run_info.update(describe_datasets(hparams, datasets))

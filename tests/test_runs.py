@@ -10,6 +10,7 @@ from rewire_lobes.runs import defaults
 from rewire_lobes.runs.cli import encoder_fingerprint, encoder_id, run_overrides
 
 YAML = """
+seed: 1
 upstream_source: assets/encoder
 output_root: results
 encoder_id: !PLACEHOLDER
@@ -74,6 +75,7 @@ def test_run_overrides_name_the_encoder(tiny_encoder, tmp_path):
 def test_optimizer_step_limit_from_the_command_line_is_a_number():
     import pytest
 
+    from rewire_lobes.errors import OptionError
     from rewire_lobes.runs.cli import parse_arguments
 
     _, run_opts, overrides = parse_arguments(
@@ -82,5 +84,5 @@ def test_optimizer_step_limit_from_the_command_line_is_a_number():
     assert run_opts["optimizer_step_limit"] == 7 and overrides == "seed: 3"
     _, run_opts, _ = parse_arguments(["hparams/ks.yaml"])
     assert run_opts["optimizer_step_limit"] is None
-    with pytest.raises(SystemExit, match="optimizer_step_limit.*'seven'"):
+    with pytest.raises(OptionError, match="optimizer_step_limit.*'seven'"):
         parse_arguments(["hparams/ks.yaml", "--optimizer_step_limit", "seven"])

@@ -19,8 +19,15 @@ import csv
 import logging
 from pathlib import Path
 
+from rewire_lobes.data.manifests import (
+    already_prepared,
+    checked_duration,
+    mark_prepared,
+    prepared_folder,
+    write_manifest,
+)
+from rewire_lobes.errors import DataFolderError
 from rewire_lobes.io_utils import write_json_atomic
-from rewire_lobes.data.manifests import already_prepared, checked_duration, mark_prepared, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -31,29 +38,35 @@ MANIFESTS = ("train.csv", "dev.csv", "test.csv", "labels.json")
 COLUMNS = ["ID", "duration", "wav", "start", "stop", "spk", *SLOTS, "intent", "transcription"]
 
 
-def prepare_fluent_commands(data_folder, save_folder, skip_prep=False):
-    """Writes ``train.csv``, ``dev.csv``, ``test.csv`` and ``labels.json`` to ``save_folder``.
+def prepare_fluent_commands(data_folder, manifest_root, skip_prep=False):
+    """Writes ``train.csv``, ``dev.csv``, ``test.csv`` and ``labels.json``; returns their folder.
 
     Arguments
     ---------
     data_folder : str
         The folder holding ``fluent_speech_commands_dataset/``.
-    save_folder : str
-        Where the manifests go.
+    manifest_root : str
+        The manifests go to ``<manifest_root>/<hash of the options>``, shared by every
+        run on the same data.
     skip_prep : bool
-        Do nothing (manifests made elsewhere).
+        Do nothing (manifests made elsewhere); the folder is still returned.
+
+    Returns
+    -------
+    Path : the folder holding the manifests.
     """
-    if skip_prep:
-        return
     data_folder = Path(data_folder).resolve()
     options = {"data_folder": str(data_folder)}
+    save_folder = prepared_folder(manifest_root, options)
+    if skip_prep:
+        return save_folder
     if already_prepared(save_folder, options, MANIFESTS):
         logger.info("Fluent Speech Commands manifests in %s are up to date", save_folder)
-        return
+        return save_folder
     root = data_folder / DATASET_FOLDER
     missing = [name for name in SPLITS.values() if not (root / "data" / name).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise DataFolderError(
             f"{root / 'data'} lacks {missing}: --data_folder must hold {DATASET_FOLDER}/ "
             "with data/{train,valid,test}_data.csv and wavs/speakers/"
         )
@@ -62,7 +75,6 @@ def prepare_fluent_commands(data_folder, save_folder, skip_prep=False):
     labels = slot_values(rows["train"])
     for split in ("dev", "test"):
         check_known_values(rows[split], labels, split)
-    save_folder = Path(save_folder)
     for split, split_rows in rows.items():
         if not split_rows:
             raise ValueError(f"{root / 'data' / SPLITS[split]} has no rows")
@@ -70,6 +82,7 @@ def prepare_fluent_commands(data_folder, save_folder, skip_prep=False):
         write_manifest(save_folder / f"{split}.csv", split_rows, COLUMNS)
     write_json_atomic(save_folder / "labels.json", labels)
     mark_prepared(save_folder, options)
+    return save_folder
 
 
 def read_split(root, csv_name):

@@ -18,33 +18,33 @@ Authors: rewire-speech contributors
 
 import sys
 
-import speechbrain as sb
+from fluent_commands_prepare import DATASET_FOLDER, prepare_fluent_commands
 from speechbrain.utils.distributed import run_on_main
 
+from rewire_lobes.downstream.dataio import dataio_prepare
+from rewire_lobes.downstream.utterance import train_and_test
+from rewire_lobes.runs.cli import load_recipe_hparams, start_experiment, user_errors
 from rewire_lobes.runs.defaults import ensure_default_data
-from rewire_lobes.runs.cli import load_recipe_hparams
-from rewire_lobes.downstream.utterance import dataio_prepare, train_and_test
 
-if __name__ == "__main__":
-    # Also resolves the embedded encoder and names the run folder after the encoder.
-    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(sys.argv[1:])
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
 
-    from fluent_commands_prepare import DATASET_FOLDER, prepare_fluent_commands  # noqa: E402
+def main(argv):
+    # Resolves the encoder, the profile and the strategy; claims the run folder.
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(argv)
+    start_experiment(hparams, hparams_file, overrides)
 
     run_on_main(ensure_default_data, args=[hparams["data_folder"], DATASET_FOLDER, "fluent_speech_commands"])
-    run_on_main(
+    hparams["manifest_folder"] = run_on_main(
         prepare_fluent_commands,
         kwargs={
             "data_folder": hparams["data_folder"],
-            "save_folder": hparams["manifest_folder"],
+            "manifest_root": hparams["manifest_root"],
             "skip_prep": hparams["skip_prep"],
         },
     )
     datasets = dataio_prepare(hparams)
-
     train_and_test(hparams, run_opts, datasets)
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(sys.argv[1:])

@@ -32,9 +32,17 @@ import random
 from pathlib import Path
 
 from rewire_lobes.data.audio import audio_info
-from rewire_lobes.data.manifests import already_prepared, checked_duration, mark_prepared, write_manifest
+from rewire_lobes.data.manifests import (
+    already_prepared,
+    checked_duration,
+    mark_prepared,
+    prepared_folder,
+    write_manifest,
+)
+from rewire_lobes.data.speech_commands import hash_split
 from rewire_lobes.io_utils import write_json_atomic
-from rewire_lobes.downstream.utterance import SILENCE, UNKNOWN, keyword_classes
+from rewire_lobes.downstream.dataio import SILENCE, UNKNOWN, keyword_classes
+from rewire_lobes.errors import DataFolderError, OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +50,7 @@ TRAIN_FOLDER = "speech_commands_v0.01"
 TEST_FOLDER = "speech_commands_test_set_v0.01"
 NOISE_FOLDER = "_background_noise_"
 SUPERB_KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
-MAX_NUM_WAVS_PER_CLASS = 2**27 - 1  # TensorFlow's constant for the hash split
+HASH_SPLIT_NAMES = {"validation": "dev", "testing": "hash_test", "train": "train"}
 MANIFESTS = ("train.csv", "dev.csv", "test.csv", "labels.json")
 COLUMNS = ["ID", "duration", "wav", "start", "stop", "spk", "label", "group"]
 TEST_SET_CHOICES = ("error", "hash_split")
@@ -50,21 +58,22 @@ TEST_SET_CHOICES = ("error", "hash_split")
 
 def prepare_speech_commands(
     data_folder,
-    save_folder,
+    manifest_root,
     keywords=SUPERB_KEYWORDS,
     silence_crops=10,
     missing_test_set="error",
     skip_prep=False,
 ):
-    """Writes ``train.csv``, ``dev.csv``, ``test.csv`` and ``labels.json`` to ``save_folder``.
+    """Writes ``train.csv``, ``dev.csv``, ``test.csv`` and ``labels.json``; returns their folder.
 
     Arguments
     ---------
     data_folder : str
         The folder holding ``speech_commands_v0.01/`` and ``speech_commands_test_set_v0.01/``
         (or the ``speech_commands_v0.01`` folder itself).
-    save_folder : str
-        Where the manifests go.
+    manifest_root : str
+        The manifests go to ``<manifest_root>/<hash of the options>``, shared by every
+        run with the same data and options.
     keywords : list of str
         The keyword classes; all other words become ``_unknown_``.
     silence_crops : int
@@ -73,13 +82,15 @@ def prepare_speech_commands(
         ``error`` (default): stop when the test archive is missing. ``hash_split``: test
         on the hash split's "testing" part instead (not comparable with SUPERB).
     skip_prep : bool
-        Do nothing (manifests made elsewhere).
+        Do nothing (manifests made elsewhere); the folder is still returned.
+
+    Returns
+    -------
+    Path : the folder holding the manifests.
     """
-    if skip_prep:
-        return
     classes = keyword_classes(keywords)
     if missing_test_set not in TEST_SET_CHOICES:
-        raise ValueError(f"missing_test_set must be one of {TEST_SET_CHOICES}, got {missing_test_set}")
+        raise OptionError(f"missing_test_set must be one of {TEST_SET_CHOICES}, got {missing_test_set}")
     data_folder = Path(data_folder).resolve()
     options = {
         "data_folder": str(data_folder),
@@ -87,13 +98,16 @@ def prepare_speech_commands(
         "silence_crops": int(silence_crops),
         "missing_test_set": missing_test_set,
     }
+    save_folder = prepared_folder(manifest_root, options)
+    if skip_prep:
+        return save_folder
     if already_prepared(save_folder, options, MANIFESTS):
         logger.info("Speech Commands manifests in %s are up to date", save_folder)
-        return
+        return save_folder
 
     train_root, test_root = locate_roots(data_folder)
     if not train_root.is_dir():
-        raise FileNotFoundError(
+        raise DataFolderError(
             f"{train_root} not found: --data_folder must hold {TRAIN_FOLDER}/ (one folder per "
             f"word plus {NOISE_FOLDER}/) and {TEST_FOLDER}/"
         )
@@ -115,7 +129,7 @@ def prepare_speech_commands(
         test_rows = splits["hash_test"]
         test_source = "hash split 10 <= p < 20 (fallback, not SUPERB's test set)"
     else:
-        raise FileNotFoundError(
+        raise DataFolderError(
             f"{test_root} not found. SUPERB tests keyword spotting on the separate v0.01 "
             "test archive (speech_commands_test_set_v0.01.tar.gz): unpack it next to "
             f"{TRAIN_FOLDER}/. To run without it, pass --missing_test_set hash_split: the test "
@@ -127,12 +141,12 @@ def prepare_speech_commands(
         if not rows:
             raise ValueError(f"{data_folder}: the {split} split of Speech Commands is empty")
         report_counts(split, rows, classes)
-    save_folder = Path(save_folder)
     write_manifest(save_folder / "train.csv", splits["train"], COLUMNS)
     write_manifest(save_folder / "dev.csv", splits["dev"], COLUMNS)
     write_manifest(save_folder / "test.csv", test_rows, COLUMNS)
     write_json_atomic(save_folder / "labels.json", {"label": classes, "test_set": test_source})
     mark_prepared(save_folder, options)
+    return save_folder
 
 
 def locate_roots(data_folder):
@@ -150,19 +164,15 @@ def locate_roots(data_folder):
 def which_split(file_name):
     """``dev``, ``hash_test`` or ``train`` from the speaker part of the name (TensorFlow's rule).
 
+    The rule is :func:`rewire_lobes.data.speech_commands.hash_split`; its ``validation``
+    part is our dev set and its ``testing`` part is ``hash_test``.
+
     Example
     -------
-    >>> which_split("0a7c2a8d_nohash_0.wav") in ("train", "dev", "hash_test")
-    True
+    >>> which_split("026290a7_nohash_0.wav")
+    'dev'
     """
-    speaker = file_name.split("_nohash_")[0]
-    digest = int(hashlib.sha1(speaker.encode()).hexdigest(), 16)
-    percent = (digest % (MAX_NUM_WAVS_PER_CLASS + 1)) * (100.0 / MAX_NUM_WAVS_PER_CLASS)
-    if percent < 10:
-        return "dev"
-    if percent < 20:
-        return "hash_test"
-    return "train"
+    return HASH_SPLIT_NAMES[hash_split(file_name)]
 
 
 def _row(data_id, wav, label, duration, spk="", start="", stop="", group=None):

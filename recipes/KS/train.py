@@ -17,30 +17,26 @@ Authors: rewire-speech contributors
 
 import sys
 
-import speechbrain as sb
+from speech_commands_prepare import TRAIN_FOLDER, prepare_speech_commands
 from speechbrain.utils.distributed import run_on_main
 
+from rewire_lobes.downstream.dataio import dataio_prepare
+from rewire_lobes.downstream.utterance import train_and_test
+from rewire_lobes.runs.cli import load_recipe_hparams, start_experiment, user_errors
 from rewire_lobes.runs.defaults import ensure_default_data
-from rewire_lobes.runs.cli import load_recipe_hparams
-from rewire_lobes.downstream.utterance import dataio_prepare, train_and_test
 
-if __name__ == "__main__":
-    # Also resolves the embedded encoder and names the run folder after the encoder.
-    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(sys.argv[1:])
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
 
-    from speech_commands_prepare import TRAIN_FOLDER, prepare_speech_commands  # noqa: E402
+def main(argv):
+    # Resolves the encoder, the profile and the strategy; claims the run folder.
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(argv)
+    start_experiment(hparams, hparams_file, overrides)
 
     run_on_main(ensure_default_data, args=[hparams["data_folder"], TRAIN_FOLDER, "speech_commands"])
-    run_on_main(
+    hparams["manifest_folder"] = run_on_main(
         prepare_speech_commands,
         kwargs={
             "data_folder": hparams["data_folder"],
-            "save_folder": hparams["manifest_folder"],
+            "manifest_root": hparams["manifest_root"],
             "keywords": hparams["keywords"],
             "silence_crops": hparams["silence_crops"],
             "missing_test_set": hparams["missing_test_set"],
@@ -48,5 +44,9 @@ if __name__ == "__main__":
         },
     )
     datasets = dataio_prepare(hparams)
-
     train_and_test(hparams, run_opts, datasets)
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(sys.argv[1:])

@@ -19,8 +19,10 @@ import math
 import random
 from collections import defaultdict
 
+from rewire_lobes.errors import UserError
 
-class FractionError(ValueError):
+
+class FractionError(UserError, ValueError):
     """An invalid ``--fraction``."""
 
 

@@ -1,11 +1,14 @@
 """Manifest CSVs: reading, atomic writing, and "already prepared?" bookkeeping.
 
-A ``*_prepare.py`` script writes its manifests and, last, ``prepare_options.json``
-recording the options it ran with. A later call with the same options skips the work;
-different options (say another keyword list) prepare again.
+A ``*_prepare.py`` script writes its manifests into ``<manifest root>/<options hash>``
+(:func:`prepared_folder`) and, last, ``prepare_options.json`` recording the options it ran
+with. Every run on the same corpus with the same options (any fraction, encoder,
+strategy or seed) reuses that folder, so the corpus' audio headers are read once; other
+options (say another keyword list) get a folder of their own.
 """
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -32,6 +35,18 @@ def write_manifest(path, rows, fieldnames=None):
             writer = csv.DictWriter(fout, fieldnames=fieldnames)
             writer.writeheader()
             writer.writerows(rows)
+
+
+def prepared_folder(manifest_root, options):
+    """``<manifest_root>/<sha256 of options>[:12]``: the manifests of one corpus and options.
+
+    Example
+    -------
+    >>> prepared_folder("m", {"a": 1}) == prepared_folder("m", {"a": 1}) != prepared_folder("m", {"a": 2})
+    True
+    """
+    text = json.dumps(options, sort_keys=True, default=str)
+    return Path(manifest_root) / hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def already_prepared(save_folder, options, manifests):

@@ -4,226 +4,79 @@
 (``superb_protocol.md`` §0.4) and records what the paper adds: the score at the best
 dev checkpoint *and* the number of updates needed to reach it.
 
-How the step-based schedule maps onto SpeechBrain's epoch loop: one Brain "epoch" is an
-**evaluation round** of ``eval_every_steps`` updates. :class:`StepSampler` draws exactly
-``eval_every_steps * batch_size`` training items per round from an endless seeded
-stream, so a round ends with a dev evaluation whatever the size of the training set
-(at 1 % an epoch of the data is only a few updates). :class:`EvalRounds` counts
-``ceil(max_steps / eval_every_steps)`` rounds, and ``optimizer_step_limit = max_steps``
-stops the last one on time. Each dev evaluation saves a checkpoint; the best one (ties
-go to the earliest step) and the latest one are kept, so an interrupted run resumes
-exactly, and the test set is evaluated at the best dev checkpoint.
+One Brain "epoch" is an evaluation round of ``eval_every_steps`` updates
+(``rewire_lobes.downstream.schedule``). Each dev evaluation saves a checkpoint; the best
+one (ties go to the earliest step) and the latest one are kept, so an interrupted run
+resumes exactly, and the test set is evaluated at the best dev checkpoint.
+``results.json`` is written by ``rewire_lobes.downstream.results``.
+
+Two upstream modes: **frozen** (SUPERB's probing: the encoder in eval mode without
+gradients, never checkpointed, features may be cached) and **trainable** (fine-tuning,
+e.g. multi-task: ``SSLUpstream(freeze=False)`` with its own learning rate
+``upstream_lr``, layerdrop 0 and the CNN fixed by ``SSLUpstream``, no feature cache; the
+encoder is then checkpointed with the head).
 
 Subclasses (one per head family) implement ``compute_forward``,
 ``compute_objectives``, ``reset_scores(stage)`` and ``summarize_scores(stage)``.
 """
 
-import hashlib
-import json
 import logging
 import math
 import os
-import platform
 import time
 
 import speechbrain as sb
-import torch
-from speechbrain.utils.checkpoints import (
-    mark_as_loader,
-    mark_as_saver,
-    register_checkpoint_hooks,
-)
 from speechbrain.utils.distributed import if_main_process
-from speechbrain.utils.epoch_loop import EpochCounter
 
-from rewire_lobes.io_utils import write_json_atomic
+from rewire_lobes.downstream.results import (
+    describe_device,
+    metric_spec,
+    results_record,
+    write_results,
+)
+from rewire_lobes.downstream.schedule import RunHistory, StepSampler, paper_step_budget
+from rewire_lobes.runs.provenance import read_provenance
 from rewire_lobes.upstream.encoder import describe_encoder
 
 logger = logging.getLogger(__name__)
 
-RESULTS_SCHEMA = 1
-
-# The paper's Table 3: maximum updates per task and label fraction (100 %: ~200k, §B).
-PAPER_STEP_BUDGETS = {
-    "SD": {0.01: 20_000, 0.05: 20_000, 0.1: 50_000},
-    "SF": {0.01: 50_000, 0.05: 100_000, 0.1: 100_000},
-    "IC": {0.01: 20_000, 0.05: 20_000, 0.1: 50_000},
-    "KS": {0.01: 20_000, 0.05: 50_000, 0.1: 50_000},
-    "ASR": {0.01: 50_000, 0.05: 100_000, 0.1: 100_000},
-}
-FULL_RESOURCE_STEPS = 200_000
-
-
-def paper_step_budget(task, fraction):
-    """The paper's update budget for ``task`` at ``fraction`` (None when it gives none)."""
-    if math.isclose(float(fraction), 1.0):
-        return FULL_RESOURCE_STEPS
-    for known, steps in PAPER_STEP_BUDGETS.get(task, {}).items():
-        if math.isclose(float(fraction), known):
-            return steps
-    return None
-
-
-class EvalRounds(EpochCounter):
-    """An epoch counter whose epochs are evaluation rounds of ``eval_every_steps`` updates.
-
-    Example
-    -------
-    >>> EvalRounds(max_steps=1000, eval_every_steps=300).limit
-    4
-    """
-
-    def __init__(self, max_steps, eval_every_steps):
-        if int(max_steps) < 1 or int(eval_every_steps) < 1:
-            raise ValueError(
-                f"max_steps ({max_steps}) and eval_every_steps ({eval_every_steps}) must be >= 1"
-            )
-        super().__init__(math.ceil(int(max_steps) / int(eval_every_steps)))
-        self.max_steps = int(max_steps)
-        self.eval_every_steps = int(eval_every_steps)
-
-
-class StepSampler(torch.utils.data.Sampler):
-    """``samples_per_round`` indices per round, from an endless seeded stream.
-
-    Uniform mode: the stream is a sequence of seeded permutations of the items, read
-    across round boundaries, so every item is seen once per pass, as with shuffled
-    epochs. Weighted mode (``weights``): independent draws with replacement in
-    proportion to the weights, as s3prl's ``WeightedRandomSampler`` for Speech
-    Commands. Round ``r`` (SpeechBrain's epoch number, from 1) depends only on the
-    seed and ``r``, so a resumed run draws the same items.
-
-    Example
-    -------
-    >>> sampler = StepSampler(5, samples_per_round=4, seed=0)
-    >>> sampler.set_epoch(1); first = list(sampler)
-    >>> sampler.set_epoch(2); second = list(sampler)
-    >>> sorted(first + second[:1]) == [0, 1, 2, 3, 4]
-    True
-    """
-
-    def __init__(self, num_items, samples_per_round, seed, weights=None):
-        if num_items < 1:
-            raise ValueError("the training set is empty")
-        self.num_items = int(num_items)
-        self.samples_per_round = int(samples_per_round)
-        self.seed = int(seed)
-        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
-        self.epoch = 1
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def _generator(self, *parts):
-        # hashlib, not hash(): string hashing changes between Python processes.
-        key = "\0".join(str(p) for p in (self.seed,) + parts).encode()
-        return torch.Generator().manual_seed(int(hashlib.sha256(key).hexdigest()[:15], 16))
-
-    def __iter__(self):
-        if self.weights is not None:
-            drawn = torch.multinomial(
-                self.weights, self.samples_per_round, replacement=True,
-                generator=self._generator("weighted", self.epoch),
-            )
-            return iter(drawn.tolist())
-        start = (self.epoch - 1) * self.samples_per_round
-        stop = start + self.samples_per_round
-        indices = []
-        for pass_index in range(start // self.num_items, (stop - 1) // self.num_items + 1):
-            order = torch.randperm(self.num_items, generator=self._generator("pass", pass_index))
-            offset = pass_index * self.num_items
-            lo, hi = max(start - offset, 0), min(stop - offset, self.num_items)
-            indices.extend(order[lo:hi].tolist())
-        return iter(indices)
-
-    def __len__(self):
-        return self.samples_per_round
-
-
-@register_checkpoint_hooks
-class RunHistory:
-    """The dev curve, the best point and the time spent: checkpointed with the run."""
-
-    def __init__(self):
-        self.dev_curve = []  # [[step, value], ...]
-        self.best_step = None
-        self.best_value = None
-        self.seconds = 0.0
-
-    def add(self, step, value, direction):
-        """Records a dev evaluation; True when it is a new best (ties keep the earlier)."""
-        self.dev_curve.append([int(step), float(value)])
-        better = (
-            self.best_value is None
-            or (math.isnan(self.best_value) and not math.isnan(value))
-            or (value > self.best_value if direction == "max" else value < self.best_value)
-        )
-        if better:
-            self.best_step, self.best_value = int(step), float(value)
-        return better
-
-    def state(self):
-        return {
-            "dev_curve": [list(p) for p in self.dev_curve],
-            "best_step": self.best_step,
-            "best_value": self.best_value,
-            "seconds": self.seconds,
-        }
-
-    def load_state(self, state):
-        self.dev_curve = [list(p) for p in state["dev_curve"]]
-        self.best_step = state["best_step"]
-        self.best_value = state["best_value"]
-        self.seconds = float(state["seconds"])
-
-    @mark_as_saver
-    def _save(self, path):
-        with open(path, "w", encoding="utf-8") as fout:
-            json.dump(self.state(), fout)
-
-    @mark_as_loader
-    def _load(self, path, end_of_epoch=True):
-        del end_of_epoch
-        with open(path, encoding="utf-8") as fin:
-            self.load_state(json.load(fin))
-
-
-def describe_device(device):
-    """A readable device name for results.json."""
-    device = str(device)
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
 
 class DownstreamBrain(sb.Brain):
-    """Frozen SSL upstream → weighted layer sum → head, on a fixed update budget.
+    """SSL upstream → weighted layer sum → head, on a fixed update budget.
 
-    Hyperparameters read (all in every task yaml): ``task``, ``strategy``, ``fraction``,
-    ``seed``, ``max_steps``, ``eval_every_steps``, ``metric``,
-    ``dev_metric``, ``metric_direction`` (``max``/``min``), ``upstream``,
-    ``results_file``, ``train_logger``, ``use_tensorboard``, ``tensorboard_folder``,
-    ``balance_column`` (class-balanced sampling on that manifest column, or null).
+    Hyperparameters read (all in every task yaml): ``task``, ``strategy``, ``run_profile``,
+    ``fraction``, ``seed``, ``max_steps``, ``eval_every_steps``, ``metric``,
+    ``dev_metric`` (their units and directions come from
+    ``rewire_lobes.downstream.results.METRICS``), ``upstream``, ``results_file``,
+    ``train_logger``, ``use_tensorboard``, ``tensorboard_folder``, ``balance_column``
+    (class-balanced sampling on that manifest column, or null); in trainable mode also
+    ``upstream_lr``.
 
-    The upstream stays frozen and in eval mode (``SSLUpstream(freeze=True)`` ignores
+    Frozen mode: the upstream stays in eval mode (``SSLUpstream(freeze=True)`` ignores
     ``.train()``), its parameters are never given to the optimizer, and it must not be
     registered with the checkpointer (checkpoints hold only the featurizer, the head,
-    the optimizer and the counters).
+    the optimizer and the counters). Trainable mode: the upstream's trainable
+    parameters get their own parameter group at ``upstream_lr`` and are checkpointed.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         upstream = self.hparams.upstream
-        if not upstream.freeze:
-            raise ValueError("DownstreamBrain trains heads on a frozen upstream (freeze: True)")
+        self.trains_upstream = not upstream.freeze
+        if self.trains_upstream and getattr(self.hparams, "upstream_lr", None) is None:
+            raise ValueError("a trainable upstream (freeze: False) needs its own upstream_lr")
+        self.direction = metric_spec(self.hparams.dev_metric).direction
         self.history = RunHistory()
         if self.checkpointer is not None:
-            for name, obj in self.checkpointer.recoverables.items():
-                if obj is upstream or obj is getattr(upstream, "model", None):
-                    raise ValueError(
-                        f"checkpointer recoverable '{name}' is the frozen upstream: remove it "
-                        "(checkpoints would copy the whole encoder at every evaluation)"
-                    )
+            registered = [name for name, obj in self.checkpointer.recoverables.items()
+                          if obj is upstream or obj is getattr(upstream, "model", None)]
+            if registered and not self.trains_upstream:
+                raise ValueError(
+                    f"checkpointer recoverable '{registered[0]}' is the frozen upstream: remove "
+                    "it (checkpoints would copy the whole encoder at every evaluation)"
+                )
+            if self.trains_upstream and not registered:
+                self.checkpointer.add_recoverable("upstream", upstream)
             self.checkpointer.add_recoverable("history", self.history)
         # The step budget is the recipe's, not a run option (pitfall C.12: count updates).
         self.optimizer_step_limit = int(self.hparams.max_steps)
@@ -235,21 +88,34 @@ class DownstreamBrain(sb.Brain):
 
     # ------------------------------------------------------------------ optimisation
     def init_optimizers(self):
-        """One optimizer over the trainable parameters only (never the frozen encoder)."""
-        params = [p for p in self.modules.parameters() if p.requires_grad]
-        self.optimizer = self.opt_class(params)
+        """One optimizer over the trainable parameters: the head's, and the upstream's
+        in their own group at ``upstream_lr`` when it trains (never a frozen encoder's)."""
+        upstream_ids = {id(p) for p in self.hparams.upstream.parameters()}
+        head = [p for p in self.modules.parameters()
+                if p.requires_grad and id(p) not in upstream_ids]
+        groups = [{"params": head}]
+        if self.trains_upstream:
+            groups.append({
+                "params": [p for p in self.hparams.upstream.parameters() if p.requires_grad],
+                "lr": float(self.hparams.upstream_lr),
+            })
+        self.optimizer = self.opt_class(groups)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
-        """The train loader draws ``eval_every_steps`` batches per round (a StepSampler)."""
+        """The train loader draws ``eval_every_steps`` updates' batches per round.
+
+        With gradient accumulation an update takes ``grad_accumulation_factor`` batches, so
+        ``max_steps`` and ``eval_every_steps`` stay counted in updates.
+        """
         if stage == sb.Stage.TRAIN:
             loader_kwargs = dict(loader_kwargs)
             loader_kwargs.pop("shuffle", None)
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
             per_round = (int(self.hparams.eval_every_steps) * int(loader_kwargs["batch_size"])
-                         * world_size)
+                         * int(self.grad_accumulation_factor) * world_size)
             self.step_sampler = StepSampler(
                 len(dataset), per_round, seed=self.hparams.seed,
                 weights=self.sample_weights(dataset),
@@ -277,10 +143,11 @@ class DownstreamBrain(sb.Brain):
         self._clock = time.time()
         budget = paper_step_budget(self.hparams.task, self.hparams.fraction)
         logger.info(
-            "%s at fraction %s: %d updates, dev every %d (paper's budget: %s); "
-            "resuming at update %d",
-            self.hparams.task, self.hparams.fraction, self.hparams.max_steps,
-            self.hparams.eval_every_steps, budget or "none given", self.optimizer_step,
+            "%s at fraction %s, %s profile, strategy %s: %d updates, dev every %d (paper's "
+            "budget: %s); resuming at update %d",
+            self.hparams.task, self.hparams.fraction, self.hparams.run_profile,
+            self.hparams.strategy, self.hparams.max_steps, self.hparams.eval_every_steps,
+            budget or "none given", self.optimizer_step,
         )
 
     def on_stage_start(self, stage, epoch=None):
@@ -310,7 +177,7 @@ class DownstreamBrain(sb.Brain):
     def _end_of_round(self, epoch, loss, scores):
         step = self.optimizer_step
         value = scores[self.hparams.dev_metric]
-        improved = self.history.add(step, value, self.hparams.metric_direction)
+        improved = self.history.add(step, value, self.direction)
         self._tick()
         lr = self.optimizer.param_groups[0]["lr"]
         self.hparams.train_logger.log_stats(  # on every rank (pitfall C.11)
@@ -340,7 +207,7 @@ class DownstreamBrain(sb.Brain):
         value = float(ckpt.meta["dev_score"])
         if math.isnan(value):
             return (-math.inf, 0)
-        signed = value if self.hparams.metric_direction == "max" else -value
+        signed = value if self.direction == "max" else -value
         return (signed, -int(ckpt.meta["step"]))
 
     def on_evaluate_start(self, max_key=None, min_key=None):
@@ -362,7 +229,7 @@ class DownstreamBrain(sb.Brain):
             test_stats={"loss": loss, **scores},
         )
         if if_main_process():
-            write_json_atomic(self.hparams.results_file, self.results(scores))
+            write_results(self.hparams.results_file, self.results(scores))
             logger.info("Wrote %s", self.hparams.results_file)
         if self._tensorboard is not None:
             self._tensorboard.close()
@@ -377,30 +244,29 @@ class DownstreamBrain(sb.Brain):
     def results(self, test_scores):
         """The results.json record of this run (see docs/design.md)."""
         hp = self.hparams
-        return {
-            "schema": RESULTS_SCHEMA,
-            "task": hp.task,
-            "encoder": self.encoder_info(),
-            "strategy": hp.strategy,
-            "fraction": float(hp.fraction),
-            "seed": int(hp.seed),
-            "metric": hp.metric,
-            "dev_metric": hp.dev_metric,
-            "direction": hp.metric_direction,
-            "unit": "%",
-            "best_dev": self.history.best_value,
-            "test": test_scores[hp.metric],
-            "test_scores": test_scores,
-            "best_step": self.history.best_step,
-            "steps": self.optimizer_step,
-            "max_steps": int(hp.max_steps),
-            "eval_every_steps": int(hp.eval_every_steps),
-            "paper_max_steps": paper_step_budget(hp.task, hp.fraction),
-            "dev_curve": self.history.dev_curve,
-            "wall_seconds": round(self.history.seconds, 3),
-            "device": describe_device(self.device),
+        return results_record(
+            task=hp.task,
+            encoder=self.encoder_info(),
+            provenance=read_provenance(hp.upstream.source),
+            strategy=hp.strategy,
+            profile=hp.run_profile,
+            settings=getattr(hp, "run_identity", None),
+            fraction=hp.fraction,
+            seed=hp.seed,
+            metric=hp.metric,
+            dev_metric=hp.dev_metric,
+            test_scores=test_scores,
+            dev_curve=self.history.dev_curve,
+            best_step=self.history.best_step,
+            best_dev=self.history.best_value,
+            steps=self.optimizer_step,
+            max_steps=hp.max_steps,
+            eval_every_steps=hp.eval_every_steps,
+            upstream_mode="trainable" if self.trains_upstream else "frozen",
+            wall_seconds=self.history.seconds,
+            device=describe_device(self.device),
             **self.run_info,
-        }
+        )
 
     # ------------------------------------------------------------------ for subclasses
     def reset_scores(self, stage):

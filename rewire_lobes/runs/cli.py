@@ -1,4 +1,4 @@
-"""Run identity: which encoder a run uses, and the folder name that says so.
+"""The start of every recipe: command line, encoder, profile, strategy, run identity.
 
 A run folder is ``<output_root>/<task>/<encoder_id>/<strategy>/fraction<f>_seed<s>``,
 where ``encoder_id`` is the encoder's name plus a fingerprint of its files. Two
@@ -10,12 +10,23 @@ The yaml cannot compute the fingerprint itself (HyperPyYAML substitutes ``!ref``
 before it calls ``!apply`` functions), so ``train.py`` calls :func:`run_overrides`
 before loading the yaml: it reads ``upstream_source`` and ``output_root`` from the yaml
 and the command line, resolves the embedded default, and returns the overrides with
-``upstream_source`` (resolved) and ``encoder_id`` filled in.
+``upstream_source`` (resolved), ``encoder_id``, the profile's values and the strategy
+filled in. :func:`load_recipe_hparams` then claims the run folder for the run's identity
+(``rewire_lobes.runs.identity``), and :func:`user_errors` turns a user's mistake into a
+one-line message.
+
+Profiles: ``embedded`` (the embedded encoder or the mini corpus) applies the yaml's
+``embedded_profile`` values; ``paper`` (anything else) keeps the yaml's own values, which
+are the paper's and SUPERB's. ``--run_profile`` overrides the choice.
 """
 
+import contextlib
 import dataclasses
+import difflib
 import hashlib
 import io
+import logging
+import sys
 from pathlib import Path
 
 import ruamel.yaml
@@ -23,8 +34,15 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.runs.defaults import resolve_upstream_source
+from rewire_lobes.data.fractions import check_fraction
+from rewire_lobes.downstream.schedule import paper_step_budget
+from rewire_lobes.errors import OptionError, UserError
+from rewire_lobes.runs.defaults import choose_profile, resolve_upstream_source
+from rewire_lobes.runs.identity import claim_run_folder, run_identity
+from rewire_lobes.runs.provenance import resolve_strategy
 from rewire_lobes.upstream.encoder import encoder_tag
+
+logger = logging.getLogger(__name__)
 
 ENCODER_FILES = ("config.json", "preprocessor_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -59,8 +77,47 @@ def _plain(value):
     return value if isinstance(value, (str, int, float)) else None
 
 
+def check_known_keys(hparams_file, defaults, given):
+    """Every override must name a key of the yaml (HyperPyYAML's own error is a traceback)."""
+    for key in given:
+        if key not in defaults:
+            close = difflib.get_close_matches(str(key), [str(k) for k in defaults], n=1)
+            hint = f" (did you mean --{close[0]}?)" if close else ""
+            raise OptionError(f"--{key} is not an option of {hparams_file}{hint}")
+
+
+def apply_profile(defaults, given, value):
+    """Chooses the profile and fills in the values it changes that the user did not pass.
+
+    ``embedded``: the yaml's ``embedded_profile`` mapping (short budgets for the mini corpus
+    and the small encoder). ``paper``: the yaml's own values, and for a ``max_steps: null``
+    the paper's Table 3 budget of the task at the fraction.
+    """
+    profile, _ = choose_profile(value("run_profile"), given["upstream_source"],
+                                value("data_folder"))
+    given["run_profile"] = profile
+    if profile == "embedded":
+        for key, setting in (defaults.get("embedded_profile") or {}).items():
+            if key not in given:
+                given[key] = setting
+    if "max_steps" in defaults and value("max_steps") is None:
+        fraction = check_fraction(value("fraction"))
+        budget = paper_step_budget(value("task"), fraction)
+        if budget is None:
+            raise OptionError(
+                f"the paper gives no update budget for {value('task')} at fraction {fraction}: "
+                "pass --max_steps"
+            )
+        given["max_steps"] = budget
+
+
 def run_overrides(hparams_file, overrides):
-    """The command-line overrides plus the resolved ``upstream_source`` and ``encoder_id``.
+    """The command-line overrides plus what the yaml cannot compute itself.
+
+    Fills in ``upstream_source`` (resolved), ``encoder_id``, ``profile`` (and the values
+    the embedded profile changes), ``max_steps`` (the paper's budget when the yaml leaves it
+    null) and, when the yaml's ``strategy`` is ``auto``, the strategy read from the
+    encoder's ``rewiring.json``.
 
     Arguments
     ---------
@@ -78,7 +135,8 @@ def run_overrides(hparams_file, overrides):
     with open(hparams_file, encoding="utf-8") as fin:
         defaults = yaml.load(fin)
     given = yaml.load(overrides) if overrides else None
-    given = given if given is not None else {}
+    given = dict(given) if given is not None else {}
+    check_known_keys(hparams_file, defaults, given)
 
     def value(key):
         return _plain(given[key]) if key in given else _plain(defaults.get(key))
@@ -86,15 +144,19 @@ def run_overrides(hparams_file, overrides):
     fallback_folder = Path(str(value("output_root") or "results"))
     source = value("upstream_source")
     if source is None:
-        raise ValueError(f"{hparams_file}: upstream_source must be a plain path or hub id")
+        raise OptionError(f"{hparams_file}: upstream_source must be a plain path or hub id")
     # The fallback encoder (if needed) is written once, on the main process.
     resolved = run_on_main(resolve_upstream_source, args=[source, fallback_folder])
 
     given["upstream_source"] = resolved
     if "encoder_id" not in given:
         given["encoder_id"] = encoder_id(resolved)
+    if "run_profile" in defaults:
+        apply_profile(defaults, given, value)
+    if defaults.get("strategy") == "auto":
+        given["strategy"] = resolve_strategy(given.get("strategy"), resolved)
     text = io.StringIO()
-    yaml.dump(dict(given), text)
+    yaml.dump(given, text)
     return text.getvalue()
 
 
@@ -110,23 +172,107 @@ def parse_arguments(argv):
         try:
             run_opts = dataclasses.replace(run_opts, optimizer_step_limit=int(limit))
         except ValueError:
-            raise SystemExit(
+            raise OptionError(
                 f"--optimizer_step_limit must be a whole number of updates, got {limit!r}"
             ) from None
     return hparams_file, run_opts, overrides
 
 
-def load_recipe_hparams(argv):
+def run_option(hparams, run_opts, name, default):
+    """A run option as the Brain will see it: the command line, else the yaml, else default."""
+    if name in getattr(run_opts, "overridden_args", ()):
+        return run_opts[name]
+    return hparams.get(name, default)
+
+
+def standard_identity(hparams, run_opts):
+    """What every run's identity holds besides its yaml keys."""
+    extra = {
+        "encoder_fingerprint": encoder_fingerprint(hparams["upstream_source"]),
+        "grad_accumulation_factor": int(run_option(hparams, run_opts,
+                                                   "grad_accumulation_factor", 1)),
+        "precision": run_option(hparams, run_opts, "precision", "fp32"),
+        "world_size": world_size(),
+    }
+    if "data_folder" in hparams:
+        extra["data_folder"] = str(Path(hparams["data_folder"]).resolve())
+    return extra
+
+
+def world_size():
+    if sb.utils.distributed.is_distributed_initialized():
+        import torch.distributed
+
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def load_recipe_hparams(argv, identity_extras=None):
     """The start of every recipe: command line, DDP group, run identity, then the yaml.
+
+    When the yaml lists ``run_identity_keys``, the run folder is claimed for those
+    settings (plus the encoder's fingerprint, the data folder and the run options that
+    change the numbers) before anything is written there; ``hparams["run_identity"]``
+    holds the record for results files.
+
+    Arguments
+    ---------
+    argv : list of str
+        The command line after the script name.
+    identity_extras : callable, optional
+        ``identity_extras(hparams) -> dict`` of further settings computed by the recipe.
 
     Returns
     -------
     ``(hparams, hparams_file, run_opts, overrides)``; ``overrides`` holds the resolved
-    ``upstream_source`` and ``encoder_id``, for ``create_experiment_directory``.
+    values, for ``create_experiment_directory``.
     """
     hparams_file, run_opts, overrides = parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     overrides = run_overrides(hparams_file, overrides)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    if "run_profile" in hparams:
+        _, hparams["profile_reason"] = choose_profile(
+            hparams["run_profile"], hparams["upstream_source"], hparams.get("data_folder"))
+    keys = hparams.get("run_identity_keys")
+    if keys:
+        extra = standard_identity(hparams, run_opts)
+        if identity_extras is not None:
+            extra.update(identity_extras(hparams))
+        hparams["run_identity"] = run_identity(hparams, keys, extra)
+        run_on_main(claim_run_folder, args=[hparams["output_folder"], hparams["run_identity"]])
     return hparams, hparams_file, run_opts, overrides
+
+
+def start_experiment(hparams, hparams_file, overrides):
+    """``create_experiment_directory``, then the profile in the log, where it can be read."""
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    if "run_profile" in hparams:
+        changes = ", ".join(f"{k}={v}" for k, v in (hparams.get("embedded_profile") or {}).items())
+        logger.info("Profile: %s (%s)%s", hparams["run_profile"], hparams.get("profile_reason"),
+                    f"; it changes {changes} unless given" if hparams["run_profile"] == "embedded"
+                    else "")
+
+
+@contextlib.contextmanager
+def user_errors():
+    """A :class:`UserError` ends the recipe with its message on one line and status 2.
+
+    Example
+    -------
+    >>> with user_errors():
+    ...     raise OptionError("--fraction must be in (0, 1], got 0")
+    Traceback (most recent call last):
+     ...
+    SystemExit: 2
+    """
+    try:
+        yield
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

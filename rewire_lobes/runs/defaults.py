@@ -70,20 +70,80 @@ def _create_fallback(fallback):
 
 
 DEFAULT_DATA_FOLDER = "data/mini"
+PROFILES = ("embedded", "paper")
+
+
+def repo_path(path):
+    """``path`` resolved: as given when absolute or existing, else under the repository."""
+    path = Path(str(path)).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (REPO_ROOT / path).resolve()
+
+
+def is_embedded_data(data_folder):
+    """True for the mini corpus folder ``data/mini`` or any folder under it.
+
+    The one rule for "is this the embedded corpus": relative paths are read from the
+    working directory, then from the repository; absolute paths count too.
+
+    Example
+    -------
+    >>> is_embedded_data("data/mini/LibriSpeech"), is_embedded_data("/data/LibriSpeech")
+    (True, False)
+    """
+    default = repo_path(DEFAULT_DATA_FOLDER)
+    resolved = repo_path(data_folder)
+    return resolved == default or default in resolved.parents
+
+
+def is_embedded_encoder(source):
+    """True for the shipped encoder, its random stand-in, and encoders rewired from them.
+
+    A rewired encoder says where it came from in its ``rewiring.json`` (``profile``).
+    """
+    from rewire_lobes.runs.provenance import read_provenance  # no cycle at import time
+
+    path = Path(str(source)).expanduser()
+    if path.name == FALLBACK_NAME or repo_path(path) == repo_path(DEFAULT_UPSTREAM):
+        return True
+    record = read_provenance(path)
+    return record is not None and record.get("profile") == "embedded"
+
+
+def choose_profile(requested, upstream_source, data_folder):
+    """``(profile, reason)``: ``embedded`` for the embedded encoder or corpus, else ``paper``.
+
+    ``requested`` is the yaml's or the user's ``run_profile``: ``auto`` chooses; ``embedded``
+    and ``paper`` are taken as they are.
+    """
+    requested = str(requested)
+    if requested in PROFILES:
+        return requested, "requested"
+    if requested != "auto":
+        from rewire_lobes.errors import OptionError
+
+        raise OptionError(f"--run_profile must be auto, embedded or paper, got {requested!r}")
+    if is_embedded_encoder(upstream_source):
+        return "embedded", f"the encoder {upstream_source} is the embedded one"
+    if data_folder is not None and is_embedded_data(data_folder):
+        return "embedded", f"the data folder {data_folder} is the mini corpus"
+    return "paper", "a real encoder on real data"
 
 
 def ensure_default_data(data_folder, expected, corpus):
-    """Generates the mini ``corpus`` when ``data_folder`` is the default ``data/mini``.
+    """Generates the mini ``corpus`` when ``data_folder`` is the embedded ``data/mini``.
 
     ``expected`` is the sub-folder the prepare script needs (e.g.
     ``speech_commands_v0.01``). A user's own ``--data_folder`` is never written to: the
     prepare script then reports what is missing.
     """
-    if Path(data_folder) != Path(DEFAULT_DATA_FOLDER):
+    if not is_embedded_data(data_folder):
         return
     from rewire_lobes.data.mini_corpus import ensure_mini_corpus  # imported only when needed
 
+    root = repo_path(DEFAULT_DATA_FOLDER)
     # A no-op when the corpus is complete; regenerates a half-written one.
-    ensure_mini_corpus(data_folder, corpora=[corpus])
-    if not (Path(data_folder) / expected).exists():
+    ensure_mini_corpus(root, corpora=[corpus])
+    if not (repo_path(data_folder) / expected).exists():
         raise FileNotFoundError(f"{data_folder}: the mini {corpus} corpus lacks {expected}")

@@ -1,0 +1,63 @@
+"""Where an encoder comes from, read from the record written beside it.
+
+A rewired encoder directory holds ``rewiring.json`` (written by
+``rewire_lobes.rewiring.brain.RewireBrain.export``): its strategy, its source encoder and
+that source's content hash, the updates, the profile and the hyperparameters. A
+downstream run takes its ``strategy`` from there instead of from a hand-typed label, and
+``results.json`` carries the record's sha256 so that a report joins runs on it, not on
+folder names. An encoder without a record is a ``baseline``.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from rewire_lobes.errors import OptionError
+
+RECORD_FILE = "rewiring.json"
+BASELINE = "baseline"
+
+
+def read_provenance(source):
+    """The summary of ``<source>/rewiring.json``, or None when there is none."""
+    path = Path(str(source)).expanduser() / RECORD_FILE
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    try:
+        record = json.loads(raw)
+    except ValueError as err:
+        raise OptionError(f"{path}: not a readable rewiring record ({err})") from None
+    if "strategy" not in record:
+        raise OptionError(f"{path}: the rewiring record names no strategy")
+    return {
+        "record": str(path.resolve()),
+        "record_sha256": hashlib.sha256(raw).hexdigest(),
+        "strategy": record["strategy"],
+        "profile": record.get("profile"),
+        "source": record.get("source"),
+        "source_content_hash": record.get("source_content_hash"),
+        "content_hash": record.get("content_hash"),
+        "updates": record.get("updates"),
+    }
+
+
+def resolve_strategy(given, source):
+    """The strategy label of a run on ``source``; a ``given`` label must agree with the record.
+
+    ``given`` is None (or ``auto``) when the user did not pass ``--strategy``.
+    """
+    record = read_provenance(source)
+    found = record["strategy"] if record else BASELINE
+    if given in (None, "auto") or str(given) == found:
+        return found
+    if record:
+        raise OptionError(
+            f"--strategy {given} contradicts {record['record']}, which says this encoder was "
+            f"rewired with '{found}'. Drop --strategy: it is read from the record."
+        )
+    raise OptionError(
+        f"--strategy {given}: {source} has no {RECORD_FILE}, so it is the baseline encoder. "
+        "A rewired encoder is the upstream/ folder that the rewiring recipe exports; "
+        "drop --strategy."
+    )
