@@ -22,6 +22,7 @@ import pytest
 import soundfile
 
 from rewire_lobes.data import mini_corpus as generator
+from rewire_lobes.data.mini_corpus import context as writer_context
 from rewire_lobes.data.mini_corpus import (
     INSTALL_COMMAND,
     KEYWORDS,
@@ -32,6 +33,7 @@ from rewire_lobes.data.mini_corpus import (
     read_manifest,
     speech_commands_split,
 )
+from rewire_lobes.data.speech_commands import MAX_NUM_WAVS_PER_CLASS, hash_split
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = 0.1
@@ -195,6 +197,44 @@ def _fsc_rows(root, split):
             "location",
         ]
         return list(reader)
+
+
+def _tensorflow_which_set(filename):
+    """TensorFlow's ``input_data.which_set`` (10 % validation, 10 % testing), transcribed."""
+    hash_name = re.sub(r"_nohash_.*$", "", os.path.basename(filename))
+    percentage_hash = (int(hashlib.sha1(hash_name.encode()).hexdigest(), 16) % (2**27)) * (
+        100.0 / (2**27 - 1)
+    )
+    if percentage_hash < 10:
+        return "validation"
+    if percentage_hash < 20:
+        return "testing"
+    return "training"
+
+
+def test_hash_split_is_tensorflows_rule(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "recipes" / "KS"))
+    from speech_commands_prepare import which_split
+
+    assert MAX_NUM_WAVS_PER_CLASS == 2**27 - 1
+    expected = {  # p = 0.68, 16.40, 19.31, 29.02, 95.15
+        "yes/026290a7_nohash_0.wav": "validation",
+        "0c40e715_nohash_1.wav": "testing",
+        "cat/0cb74144_nohash_0.wav": "testing",
+        "014f9f65_nohash_2.wav": "training",
+        "dog/012c8314_nohash_0.wav": "training",
+    }
+    prepare_names = {"validation": "dev", "testing": "hash_test", "training": "train"}
+    for name, split in expected.items():
+        assert _tensorflow_which_set(name) == split, name
+        assert hash_split(name) == split.replace("training", "train"), name
+        assert speech_commands_split(name) == hash_split(name), name
+        assert which_split(Path(name).name) == prepare_names[split], name
+    # all clips of a speaker share a split, whatever the folder and take number
+    speaker = "0c40e715"
+    assert {hash_split(f"{w}/{speaker}_nohash_{n}.wav") for w in KEYWORDS for n in range(3)} == {
+        "testing"
+    }
 
 
 def test_fluent_speech_commands_layout(mini_corpus):
@@ -404,7 +444,7 @@ def test_moved_corpus_gets_its_wav_scp_rewritten(tmp_path):
 
 def test_interrupted_run_leaves_nothing_trusted(tmp_path, monkeypatch):
     root = tmp_path / "mini"
-    real_save, calls = generator.save_audio, []
+    real_save, calls = writer_context.save_audio, []
 
     def failing_save(*args):
         calls.append(args[0])
@@ -412,12 +452,12 @@ def test_interrupted_run_leaves_nothing_trusted(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated crash")
         real_save(*args)
 
-    monkeypatch.setattr(generator, "save_audio", failing_save)
+    monkeypatch.setattr(writer_context, "save_audio", failing_save)
     with pytest.raises(KeyboardInterrupt):
         ensure_mini_corpus(root, corpora=["speech_commands"], scale=SMALL, workers=1)
     assert calls and all(not Path(path).exists() for path in calls)
     assert sorted(p.name for p in root.iterdir()) == []  # no folder, marker or summary
-    monkeypatch.setattr(generator, "save_audio", real_save)
+    monkeypatch.setattr(writer_context, "save_audio", real_save)
     ensure_mini_corpus(root, corpora=["speech_commands"], scale=SMALL)
     assert (root / "MINI_CORPUS.json").exists() and read_manifest(root, "speech_commands")
 
