@@ -141,6 +141,9 @@ def run_overrides(hparams_file, overrides):
     def value(key):
         return _plain(given[key]) if key in given else _plain(defaults.get(key))
 
+    if "fraction" in defaults:
+        check_fraction(value("fraction"))  # before anything is loaded or written
+
     fallback_folder = Path(str(value("output_root") or "results"))
     source = value("upstream_source")
     if source is None:

@@ -12,9 +12,14 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_UPSTREAM = "assets/encoder"
-FALLBACK_NAME = "random_small_encoder"
+from rewire_lobes.embedded import (  # noqa: F401 (re-exported: the recipes' defaults)
+    DEFAULT_DATA_FOLDER,
+    DEFAULT_UPSTREAM,
+    FALLBACK_NAME,
+    REPO_ROOT,
+    is_embedded_data,
+    repo_path,
+)
 
 
 def _existing(source):
@@ -69,32 +74,7 @@ def _create_fallback(fallback):
             save_random_encoder(fallback, size="small", seed=0)
 
 
-DEFAULT_DATA_FOLDER = "data/mini"
 PROFILES = ("embedded", "paper")
-
-
-def repo_path(path):
-    """``path`` resolved: as given when absolute or existing, else under the repository."""
-    path = Path(str(path)).expanduser()
-    if path.is_absolute() or path.exists():
-        return path.resolve()
-    return (REPO_ROOT / path).resolve()
-
-
-def is_embedded_data(data_folder):
-    """True for the mini corpus folder ``data/mini`` or any folder under it.
-
-    The one rule for "is this the embedded corpus": relative paths are read from the
-    working directory, then from the repository; absolute paths count too.
-
-    Example
-    -------
-    >>> is_embedded_data("data/mini/LibriSpeech"), is_embedded_data("/data/LibriSpeech")
-    (True, False)
-    """
-    default = repo_path(DEFAULT_DATA_FOLDER)
-    resolved = repo_path(data_folder)
-    return resolved == default or default in resolved.parents
 
 
 def is_embedded_encoder(source):

@@ -28,13 +28,13 @@ from rewire_lobes.data.mini_corpus.quesst14 import write_quesst14
 from rewire_lobes.data.mini_corpus.snips import write_snips
 from rewire_lobes.data.mini_corpus.speech_commands import write_speech_commands
 from rewire_lobes.data.mini_corpus.tools import find_tools
+from rewire_lobes.embedded import DEFAULT_DATA_FOLDER, REPO_ROOT, is_embedded_data, repo_path
 from rewire_lobes.io_utils import atomic_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 1234
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_FOLDER = REPO_ROOT / "data" / "mini"
+DEFAULT_FOLDER = REPO_ROOT / DEFAULT_DATA_FOLDER
 SUMMARY_FILE = "MINI_CORPUS.json"
 
 
@@ -242,10 +242,9 @@ def ensure_embedded_data(data_folder, seed=DEFAULT_SEED):
         ``data_folder``, resolved when it is the embedded default.
     """
     path = Path(data_folder).expanduser()
-    default = DEFAULT_FOLDER.resolve()
-    resolved = (path if path.is_absolute() or path.exists() else REPO_ROOT / path).resolve()
-    if resolved != default and default not in resolved.parents:
+    if not is_embedded_data(path):
         return path
+    default, resolved = repo_path(DEFAULT_DATA_FOLDER), repo_path(path)
     top = resolved.relative_to(default).parts[:1]
     names = [name for name, spec in CORPORA.items() if set(top) & set(spec.folders)]
     ensure_mini_corpus(default, corpora=names or None, seed=seed)
