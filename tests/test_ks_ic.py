@@ -74,8 +74,7 @@ def labels_of(path):
 # ---------------------------------------------------------------------- KS preparation
 def test_ks_prepare_real_layout(tmp_path):
     speakers = build_speech_commands(tmp_path / "data")
-    out = prepare_speech_commands(tmp_path / "data", tmp_path / "manifests", keywords=["yes", "no"],
-                                  silence_crops=4)
+    out = prepare_speech_commands(tmp_path / "data", tmp_path / "manifests", keywords=["yes", "no"])
 
     labels = json.loads((out / "labels.json").read_text())
     assert labels["label"] == ["yes", "no", "_unknown_", "_silence_"]
@@ -84,19 +83,12 @@ def test_ks_prepare_real_layout(tmp_path):
     # the hash split: dev speakers in dev, "testing" speakers nowhere
     assert {r["spk"] for r in dev if r["spk"]} == set(speakers["dev"])
     assert {r["spk"] for r in train if r["spk"]} == set(speakers["train"])
-    # the silence bank: 4 crops per noise file and split, 1 s (or the whole short file)
+    # _silence_: one random-crop item per noise file and split (tests/test_ks_silence.py)
     for rows in (train, dev):
-        crops = [r for r in rows if r["label"] == "_silence_"]
-        assert len(crops) == 8
-        for r in crops:
-            start, stop = int(r["start"]), int(r["stop"])
-            total = soundfile.info(r["wav"]).frames
-            assert 0 <= start < stop <= total
-            assert stop - start == min(16000, total)
-            assert r["group"] == "_silence_/" + Path(r["wav"]).stem
-    train_offsets = {r["start"] for r in train if "long_noise" in r["wav"]}
-    dev_offsets = {r["start"] for r in dev if "long_noise" in r["wav"]}
-    assert train_offsets != dev_offsets
+        silence = [r for r in rows if r["label"] == "_silence_"]
+        assert sorted(Path(r["wav"]).name for r in silence) == ["long_noise.wav", "short_noise.wav"]
+        assert {r["random_crop"] for r in silence} == {"16000"}
+        assert {r["random_crop"] for r in rows if r["label"] != "_silence_"} == {""}
     assert sorted(set(labels_of(out / "test.csv"))) == ["_silence_", "_unknown_", "no", "yes"]
 
 
@@ -329,6 +321,21 @@ def test_ks_recipe_custom_keywords(mini_corpus, tiny_encoder, tmp_path):
     assert "_unknown_" not in results["train_label_counts"]
     assert results["test_set"].startswith("speech_commands_test_set_v0.01")
     assert results["dev_metric"] == "balanced_accuracy"
+    # _silence_ crops are encoded in the batch, each distinct one once per round.
+    crops = results["on_the_fly_crops"]
+    assert 0 < crops["train_encoded"] <= crops["train_draws"]
+    noise_files = len(list((mini_corpus / TRAIN_FOLDER / "_background_noise_").glob("*.wav")))
+    assert crops["dev_draws"] == crops["dev_encoded"] == 2 * noise_files  # 2 evaluations
+
+
+@pytest.mark.slow
+def test_ks_recipe_on_the_fly_with_loader_workers(mini_corpus, tiny_encoder, tmp_path):
+    """The training crops' round reaches the workers' copies of the dataset."""
+    (path,) = run_recipe("KS", "ks.yaml", tiny_encoder(), tmp_path, mini_corpus,
+                         "--cache_features", "False", "--num_workers", "2")
+    results = check_results(path, "KS", 0.01)
+    assert results["feature_mode"] == "on_the_fly" and "on_the_fly_crops" not in results
+    assert results["train_label_counts"]["_silence_"] == 1
 
 
 @pytest.mark.slow
@@ -390,7 +397,8 @@ def test_brain_in_process(tiny_encoder, tmp_path):
     assert [s for s, _ in results["dev_curve"]] == [2, 4, 5] and results["steps"] == 5
     best = max(results["dev_curve"], key=lambda p: (p[1], -p[0]))
     assert (results["best_step"], results["best_dev"]) == (best[0], best[1])
-    assert results["train_label_counts"]["_silence_"] >= 10  # whole noise files: all crops
+    assert results["train_label_counts"]["_silence_"] == 1  # one of the two noise files
+    assert results["on_the_fly_crops"]["train_draws"] > 0
     checkpoints = list(Path(hparams["save_folder"]).glob("CKPT+*"))
     assert 1 <= len(checkpoints) <= 2  # the best and the latest
     for ckpt in checkpoints:

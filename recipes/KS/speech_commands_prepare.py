@@ -13,11 +13,13 @@ What SUPERB does, and so do we (``superb_protocol.md`` §2):
 * train/dev: TensorFlow's hash split on the speaker part of the file name: sha1 →
   ``p = (int mod 2^27) * 100 / (2^27 - 1)``; ``p < 10`` is dev, ``10 <= p < 20`` (the
   original "testing" part) is dropped, the rest is train;
-* ``_silence_`` for train and dev comes from ``_background_noise_``: s3prl takes a new
-  random 1 s crop of each noise file whenever it is fetched. We fix a seeded bank of
-  ``silence_crops`` 1 s crops per noise file and split (different offsets for train and
-  dev), written as manifest rows with ``start``/``stop``; all crops of one file form one
-  ``group`` so ``--fraction`` keeps or drops the file as a whole;
+* ``_silence_`` for train and dev comes from ``_background_noise_``: as in s3prl, every
+  noise file is one ``_silence_`` item per split, and each fetch takes a 1 s crop of it.
+  Such a row has an empty ``start``/``stop`` and ``random_crop`` = the crop length in
+  16 kHz samples (16000); where the crop starts is decided when the item is read
+  (:class:`rewire_lobes.downstream.dataio.RandomCrops`): anew every round in train,
+  once per seed in dev. ``--fraction`` keeps or drops a noise file as a whole, like any
+  row;
 * test: the separate v0.01 test archive, labelled by folder; a SUPERB keyword folder
   that is not in a custom keyword list counts as ``_unknown_``.
 
@@ -26,12 +28,10 @@ Every file's header is read here, so an unreadable or empty file fails now, by n
 Authors: rewire-speech contributors
 """
 
-import hashlib
 import logging
-import random
 from pathlib import Path
 
-from rewire_lobes.data.audio import audio_info
+from rewire_lobes.data.audio import SAMPLE_RATE, audio_info
 from rewire_lobes.data.manifests import (
     already_prepared,
     checked_duration,
@@ -52,7 +52,8 @@ NOISE_FOLDER = "_background_noise_"
 SUPERB_KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 HASH_SPLIT_NAMES = {"validation": "dev", "testing": "hash_test", "train": "train"}
 MANIFESTS = ("train.csv", "dev.csv", "test.csv", "labels.json")
-COLUMNS = ["ID", "duration", "wav", "start", "stop", "spk", "label", "group"]
+COLUMNS = ["ID", "duration", "wav", "start", "stop", "random_crop", "spk", "label"]
+SILENCE_CROP_SAMPLES = SAMPLE_RATE  # s3prl's 1 s crop of a background-noise file
 TEST_SET_CHOICES = ("error", "hash_split")
 
 
@@ -60,7 +61,6 @@ def prepare_speech_commands(
     data_folder,
     manifest_root,
     keywords=SUPERB_KEYWORDS,
-    silence_crops=10,
     missing_test_set="error",
     skip_prep=False,
 ):
@@ -76,8 +76,6 @@ def prepare_speech_commands(
         run with the same data and options.
     keywords : list of str
         The keyword classes; all other words become ``_unknown_``.
-    silence_crops : int
-        1-second crops per background-noise file in the fixed crop bank (per split).
     missing_test_set : str
         ``error`` (default): stop when the test archive is missing. ``hash_split``: test
         on the hash split's "testing" part instead (not comparable with SUPERB).
@@ -95,7 +93,8 @@ def prepare_speech_commands(
     options = {
         "data_folder": str(data_folder),
         "keywords": list(classes[:-2]),
-        "silence_crops": int(silence_crops),
+        # Names the _silence_ layout, so manifests of another layout are never reused.
+        "silence": f"one item per noise file, random_crop={SILENCE_CROP_SAMPLES}",
         "missing_test_set": missing_test_set,
     }
     save_folder = prepared_folder(manifest_root, options)
@@ -115,7 +114,7 @@ def prepare_speech_commands(
     for row, split in word_items(train_root, classes):
         splits[split].append(row)
     for split in ("train", "dev"):
-        splits[split].extend(silence_items(train_root / NOISE_FOLDER, split, silence_crops))
+        splits[split].extend(silence_items(train_root / NOISE_FOLDER, split))
 
     if test_root.is_dir():
         test_rows = test_items(test_root, classes)
@@ -175,9 +174,9 @@ def which_split(file_name):
     return HASH_SPLIT_NAMES[hash_split(file_name)]
 
 
-def _row(data_id, wav, label, duration, spk="", start="", stop="", group=None):
-    return {"ID": data_id, "duration": f"{duration:.4f}", "wav": str(wav), "start": start,
-            "stop": stop, "spk": spk, "label": label, "group": group or data_id}
+def _row(data_id, wav, label, duration, spk="", random_crop=""):
+    return {"ID": data_id, "duration": f"{duration:.4f}", "wav": str(wav), "start": "",
+            "stop": "", "random_crop": random_crop, "spk": spk, "label": label}
 
 
 def word_items(train_root, classes):
@@ -192,23 +191,20 @@ def word_items(train_root, classes):
             yield row, which_split(wav.name)
 
 
-def silence_items(noise_dir, split, crops):
-    """The fixed bank of 1 s ``_silence_`` crops of each noise file for ``split``."""
+def silence_items(noise_dir, split):
+    """One ``_silence_`` item per noise file, read as a random 1 s crop (s3prl's rule).
+
+    A file shorter than 1 s is read whole.
+    """
     if not noise_dir.is_dir():
         logger.warning("%s not found: the %s class has no %s examples", noise_dir, SILENCE, split)
         return []
     rows = []
     for wav in sorted(noise_dir.glob("*.wav")):
         frames, rate, _ = audio_info(wav)
-        length = min(rate, frames)  # 1 s, or the whole file when shorter
-        # Seeded by split and file name only: every run and fraction sees the same bank.
-        seed = int(hashlib.sha256(f"{split}/{wav.name}".encode()).hexdigest()[:16], 16)
-        generator = random.Random(seed)
-        for k in range(crops):
-            start = generator.randint(0, frames - length)
-            rows.append(_row(f"{SILENCE}/{split}/{wav.stem}/{k}", wav, SILENCE, length / rate,
-                             start=str(start), stop=str(start + length),
-                             group=f"{SILENCE}/{wav.stem}"))
+        seconds = min(SILENCE_CROP_SAMPLES / SAMPLE_RATE, frames / rate)
+        rows.append(_row(f"{SILENCE}/{split}/{wav.stem}", wav, SILENCE, seconds,
+                         random_crop=str(SILENCE_CROP_SAMPLES)))
     return rows
 
 

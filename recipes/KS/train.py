@@ -38,7 +38,6 @@ def main(argv):
             "data_folder": hparams["data_folder"],
             "manifest_root": hparams["manifest_root"],
             "keywords": hparams["keywords"],
-            "silence_crops": hparams["silence_crops"],
             "missing_test_set": hparams["missing_test_set"],
             "skip_prep": hparams["skip_prep"],
         },

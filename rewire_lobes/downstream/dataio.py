@@ -3,24 +3,29 @@
 * the ``--fraction`` subset of the training manifest (``rewire_lobes.data.fractions``),
   written into the run folder; dev and test are never subsampled;
 * audio (mono 16 kHz, optional gain, optional crop), label and cached-feature pipelines;
+* random-crop items (:class:`RandomCrops`): read as a crop whose start is drawn when the
+  item is fetched, anew every training round (KS ``_silence_``, as s3prl);
 * the label inventory (``labels.json``), from which the heads take their sizes.
 
 Manifest contract (CSV, one row per item): ``ID, duration, wav, start, stop, spk``, the
 label columns named in the yaml (``label_columns``), the column to stratify the
 fraction on (``stratify_column``), optionally a ``group`` column (items kept or dropped
-together), and ``<manifest_folder>/labels.json`` listing each label column's values in
-index order.
+together), optionally a ``random_crop`` column (a crop length in 16 kHz samples: the row
+is a random-crop item, its ``start``/``stop`` are empty; empty for the other rows), and
+``<manifest_folder>/labels.json`` listing each label column's values in index order.
 """
 
 import json
 import logging
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.data.audio import load_audio
+from rewire_lobes.data.audio import SAMPLE_RATE, audio_info, load_audio
 from rewire_lobes.data.fractions import check_fraction, subsample_rows
 from rewire_lobes.data.manifests import read_manifest, write_manifest
 
@@ -63,17 +68,129 @@ def audio_pipeline_tag(gain_db):
     return f"sr=16000;gain_db={float(gain_db)}"
 
 
-def audio_pipeline(gain_db=0.0):
-    """``wav, start, stop -> sig``: mono 16 kHz float32, with a gain in dB (s3prl KS: -3)."""
+class RandomCrops:
+    """Where the random crops of one split start: anew every round, or fixed per seed.
+
+    A random-crop item (a manifest row with a ``random_crop`` length) is read as that
+    many 16 kHz samples of its file, from a start drawn with a generator keyed by
+    ``(seed, round, id)`` when ``per_round`` (training: the Brain sets :attr:`round` to
+    its epoch at the start of each round, before the loader's workers copy the
+    dataset), else by ``(seed, id)`` (dev: the same crop at every evaluation, as s3prl's
+    re-seeded evaluation gives). Keyed rather than drawn from one stream, so a resumed
+    run and any number of loader workers read the same crops. An item drawn twice in
+    one round gets the same crop both times (the dataset never learns a draw's position).
+
+    Example
+    -------
+    >>> crops = RandomCrops(seed=1, per_round=True)
+    >>> crops.round = 3
+    >>> start = crops.start("noise", num_samples=48000, length=16000)
+    >>> 0 <= start <= 32000, start == crops.start("noise", 48000, 16000)
+    (True, True)
+    """
+
+    def __init__(self, seed, per_round):
+        self.seed = int(seed)
+        self.per_round = bool(per_round)
+        self.round = None
+
+    def start(self, data_id, num_samples, length):
+        """The first sample of ``data_id``'s crop of ``length`` in ``num_samples``."""
+        if not self.per_round:
+            key = f"{self.seed}/fixed/{data_id}"
+        elif self.round is None:
+            raise RuntimeError(f"{data_id}: a training crop needs the round; the Brain sets "
+                               "RandomCrops.round at the start of each round")
+        else:
+            key = f"{self.seed}/round{self.round}/{data_id}"
+        # A str seed is hashed with sha512: the same start in every process.
+        return random.Random(key).randint(0, max(num_samples - length, 0))
+
+    def read(self, data_id, wav, length):
+        """``(start, sig)``: ``length`` samples at 16 kHz of ``wav`` (all of a shorter file)."""
+        num_frames, rate, _ = audio_info(wav)
+        if rate == SAMPLE_RATE:
+            start = self.start(data_id, num_frames, length)
+            return start, load_audio(wav, start=start, stop=start + length)
+        # Resampled first, then cropped, as s3prl crops sox's 16 kHz output.
+        sig = load_audio(wav)
+        start = self.start(data_id, len(sig), length)
+        return start, sig[start : start + length]
+
+
+@dataclass
+class CropAudio:
+    """A random crop in a cached-feature batch, for the Brain to encode.
+
+    Not a tensor, so ``PaddedBatch`` leaves these in a list (``None`` for cached items)
+    instead of padding them with the rest of the batch.
+    """
+
+    data_id: str
+    start: int
+    sig: torch.Tensor
+
+    @property
+    def key(self):
+        """Equal for equal audio: one encoding serves every draw of the same crop."""
+        return (self.data_id, self.start, len(self.sig))
+
+
+def crop_length(value):
+    """The ``random_crop`` column as a length, or None for a fixed item (empty or absent)."""
+    return _sample(value)
+
+
+def _gain(gain_db):
     scale = 10.0 ** (float(gain_db) / 20.0)
+    return (lambda sig: sig * scale) if scale != 1.0 else (lambda sig: sig)
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+
+def audio_pipeline(gain_db=0.0, crops=None):
+    """``wav, start, stop -> sig``: mono 16 kHz float32, with a gain in dB (s3prl KS: -3).
+
+    With ``crops`` (:class:`RandomCrops`), a row with a ``random_crop`` length is read as
+    a crop drawn by ``crops``; the manifest then needs the ``random_crop`` column.
+    """
+    gain = _gain(gain_db)
+    if crops is None:
+
+        @sb.utils.data_pipeline.takes("wav", "start", "stop")
+        @sb.utils.data_pipeline.provides("sig")
+        def read(wav, start, stop):
+            return gain(load_audio(wav, start=_sample(start), stop=_sample(stop)))
+
+        return read
+
+    @sb.utils.data_pipeline.takes("id", "wav", "start", "stop", "random_crop")
     @sb.utils.data_pipeline.provides("sig")
-    def read(wav, start, stop):
-        sig = load_audio(wav, start=_sample(start), stop=_sample(stop))
-        return sig * scale if scale != 1.0 else sig
+    def read_or_crop(data_id, wav, start, stop, random_crop):
+        length = crop_length(random_crop)
+        if length is None:
+            return gain(load_audio(wav, start=_sample(start), stop=_sample(stop)))
+        return gain(crops.read(data_id, wav, length)[1])
 
-    return read
+    return read_or_crop
+
+
+def crop_audio_pipeline(gain_db, crops):
+    """``crop_audio``: a :class:`CropAudio` for a random-crop item, None for the others.
+
+    Cached-feature mode: the cache holds fixed items only, so the Brain encodes the crops
+    in the batch. The audio is the ``sig`` that :func:`audio_pipeline` reads.
+    """
+    gain = _gain(gain_db)
+
+    @sb.utils.data_pipeline.takes("id", "wav", "random_crop")
+    @sb.utils.data_pipeline.provides("crop_audio")
+    def read_crop(data_id, wav, random_crop):
+        length = crop_length(random_crop)
+        if length is None:
+            return None
+        start, sig = crops.read(data_id, wav, length)
+        return CropAudio(data_id, start, gain(sig))
+
+    return read_crop
 
 
 def _sample(value):
@@ -95,15 +212,41 @@ def label_pipeline(label_columns, label_values):
     return encode
 
 
-def feature_pipeline(features):
-    """``id -> feats`` ``[L+1, D]`` from a loaded feature cache."""
+def feature_pipeline(features, crop_placeholder=None):
+    """``id -> feats`` ``[L+1, D]`` from a loaded feature cache.
 
-    @sb.utils.data_pipeline.takes("id")
+    With ``crop_placeholder`` (a ``[L+1, D]`` tensor), random-crop items, which the cache
+    cannot hold, get it instead; the Brain puts their encoded crops in its place.
+    """
+    if crop_placeholder is None:
+
+        @sb.utils.data_pipeline.takes("id")
+        @sb.utils.data_pipeline.provides("feats")
+        def read(data_id):
+            return features[data_id]
+
+        return read
+
+    @sb.utils.data_pipeline.takes("id", "random_crop")
     @sb.utils.data_pipeline.provides("feats")
-    def read(data_id):
+    def read_or_placeholder(data_id, random_crop):
+        if crop_length(random_crop) is not None:
+            return crop_placeholder
         return features[data_id]
 
-    return read
+    return read_or_placeholder
+
+
+def fixed_items(dataset):
+    """The items of ``dataset`` that are not random crops: what a feature cache may hold."""
+    return dataset.filtered_sorted(
+        key_test={"random_crop": lambda value: crop_length(value) is None})
+
+
+def has_random_crops(dataset):
+    """Whether any row of ``dataset`` is a random-crop item."""
+    return any(crop_length(dataset.data[data_id].get("random_crop")) is not None
+               for data_id in dataset.data_ids)
 
 
 def write_train_subset(train_csv, subset_csv, fraction, seed, stratify_column,
@@ -122,7 +265,9 @@ def dataio_prepare(hparams):
     """Train (the fraction subset), dev and test datasets with audio and label pipelines.
 
     Reads ``<manifest_folder>/{train,dev,test}.csv`` and ``labels.json``; writes the train
-    subset to ``<output_folder>/train_subset.csv`` (on the main process).
+    subset to ``<output_folder>/train_subset.csv`` (on the main process). Each dataset's
+    ``random_crops`` attribute is its :class:`RandomCrops` (None without random-crop
+    items): per round in train, fixed in dev and test.
     """
     check_fraction(hparams["fraction"])
     save_folder = Path(hparams["manifest_folder"])
@@ -141,7 +286,11 @@ def dataio_prepare(hparams):
         "test": sb.dataio.dataset.DynamicItemDataset.from_csv(
             csv_path=str(save_folder / "test.csv")).filtered_sorted(sort_key="duration"),
     }
-    sb.dataio.dataset.add_dynamic_item(list(datasets.values()), audio_pipeline(hparams["gain_db"]))
+    for name, dataset in datasets.items():
+        dataset.random_crops = (RandomCrops(hparams["seed"], per_round=name == "train")
+                                if has_random_crops(dataset) else None)
+        sb.dataio.dataset.add_dynamic_item(
+            [dataset], audio_pipeline(hparams["gain_db"], dataset.random_crops))
     sb.dataio.dataset.add_dynamic_item(
         list(datasets.values()), label_pipeline(hparams["label_columns"], label_values)
     )

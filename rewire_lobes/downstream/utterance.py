@@ -7,11 +7,18 @@ object, location), the loss is the sum of the three cross-entropies and an utter
 counts as right only when all three are (``superb_protocol.md`` §2-3). The head's group
 sizes come from the prepared label inventory (``labels.json``), not from the yaml.
 The data plumbing is in ``rewire_lobes.downstream.dataio``.
+
+Random-crop items (KS ``_silence_``: a fresh 1 s crop of a noise file at each fetch) can
+not be cached. In cached mode their crops reach the Brain as waveforms in the batch,
+which ``compute_forward`` encodes and pools exactly as the cache does, so both modes
+see the same inputs. A training round's crop of an item is the same at every draw, so
+each distinct crop is encoded once per stage.
 """
 
 import contextlib
 import logging
 import time
+from collections import Counter
 
 import speechbrain as sb
 import torch
@@ -21,13 +28,17 @@ from speechbrain.utils.distributed import run_on_main
 from rewire_lobes.downstream.core import DownstreamBrain
 from rewire_lobes.downstream.dataio import (
     audio_pipeline_tag,
+    crop_audio_pipeline,
     describe_datasets,
     feature_pipeline,
+    fixed_items,
     label_inventory,
 )
-from rewire_lobes.downstream.features import FeatureCache
+from rewire_lobes.downstream.features import FeatureCache, pool_states
 
 logger = logging.getLogger(__name__)
+
+STAGE_NAMES = {sb.Stage.TRAIN: "train", sb.Stage.VALID: "dev", sb.Stage.TEST: "test"}
 
 
 class GroupAccuracy:
@@ -83,6 +94,9 @@ class UtteranceBrain(DownstreamBrain):
             # The cache already holds the per-layer means of the normalised frames
             # (features.py); normalising those means again would change the result.
             featurizer.layer_norm = False
+        self.train_crops = None  # the training set's RandomCrops: gets the round
+        self.encoded_crops = {}  # CropAudio.key -> pooled [L+1, D], for one stage
+        self.crop_counts = Counter()  # "<split>_draws" / "<split>_encoded" in cached mode
 
     def use_cached_features(self, datasets):
         """Chooses the input of every dataset: cached ``feats`` or ``sig`` from the audio.
@@ -104,11 +118,23 @@ class UtteranceBrain(DownstreamBrain):
         tag = audio_pipeline_tag(self.hparams.gain_db)
         start = time.time()
         for dataset in datasets.values():
-            # Extract on the main process only; the cache file is then read everywhere.
-            run_on_main(_ensure_cached, args=[cache, dataset, tag, not self.noprogressbar])
-            features = cache.load(dataset, tag, progressbar=False)
-            sb.dataio.dataset.add_dynamic_item([dataset], feature_pipeline(features))
-            sb.dataio.dataset.set_output_keys([dataset], ["id", "feats", "labels"])
+            crops = getattr(dataset, "random_crops", None)
+            cached = dataset if crops is None else fixed_items(dataset)
+            features = None
+            if len(cached):
+                # Extract on the main process only; the cache file is then read everywhere.
+                run_on_main(_ensure_cached, args=[cache, cached, tag, not self.noprogressbar])
+                features = cache.load(cached, tag, progressbar=False)
+            if crops is None:
+                sb.dataio.dataset.add_dynamic_item([dataset], feature_pipeline(features))
+                sb.dataio.dataset.set_output_keys([dataset], ["id", "feats", "labels"])
+                continue
+            upstream = self.hparams.upstream
+            placeholder = torch.zeros(upstream.num_states, upstream.hidden_size)
+            sb.dataio.dataset.add_dynamic_item([dataset], feature_pipeline(features, placeholder))
+            sb.dataio.dataset.add_dynamic_item(
+                [dataset], crop_audio_pipeline(self.hparams.gain_db, crops))
+            sb.dataio.dataset.set_output_keys([dataset], ["id", "feats", "crop_audio", "labels"])
         self.run_info["feature_mode"] = "cached"
         self.run_info["feature_seconds"] = round(time.time() - start, 3)
         return datasets
@@ -136,14 +162,69 @@ class UtteranceBrain(DownstreamBrain):
         with self._head_threads():
             return super().evaluate(*args, **kwargs)
 
+    def make_dataloader(self, dataset, stage, *args, **kwargs):
+        if stage == sb.Stage.TRAIN:
+            self.train_crops = getattr(dataset, "random_crops", None)
+        return super().make_dataloader(dataset, stage, *args, **kwargs)
+
+    def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)
+        if stage == sb.Stage.TRAIN and self.train_crops is not None:
+            # Before the loader's iterator starts (and copies the dataset to its workers).
+            self.train_crops.round = epoch
+        self.encoded_crops = {}
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if self.crop_counts:
+            self.run_info["on_the_fly_crops"] = dict(self.crop_counts)
+        super().on_stage_end(stage, stage_loss, epoch)
+
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         if self.hparams.cache_features:
             pooled = batch.feats.data  # [B, L+1, D]
+            crops = getattr(batch, "crop_audio", None)
+            if crops is not None and any(crop is not None for crop in crops):
+                pooled = self.with_encoded_crops(pooled, crops, stage)
             return self.modules.head(self.modules.featurizer(pooled.transpose(0, 1)))
         wavs, wav_lens = batch.sig
         hidden, frame_lens = self.modules.upstream(wavs, wav_lens)
         return self.modules.head(self.modules.featurizer(hidden), frame_lens)
+
+    def with_encoded_crops(self, pooled, crops, stage):
+        """``pooled`` with the rows of random crops (``CropAudio``, else None) filled in."""
+        rows = [row for row, crop in enumerate(crops) if crop is not None]
+        new = {crop.key: crop for crop in crops if crop is not None
+               and crop.key not in self.encoded_crops}
+        if new:
+            self.encoded_crops.update(self.encode_crops(list(new.values())))
+        self.crop_counts[f"{STAGE_NAMES[stage]}_draws"] += len(rows)
+        self.crop_counts[f"{STAGE_NAMES[stage]}_encoded"] += len(new)
+        pooled = pooled.clone()
+        pooled[rows] = torch.stack([self.encoded_crops[crops[row].key] for row in rows]).to(
+            pooled.dtype)
+        return pooled
+
+    @torch.no_grad()
+    def encode_crops(self, crops):
+        """``{crop.key: [L+1, D]}``: the frozen encoder pooled as the feature cache pools.
+
+        Crops of one length (all of them, for 1 s crops) share a batch without padding.
+        Autocast is off because the cache is extracted in float32.
+        """
+        upstream = self.hparams.upstream
+        by_length = {}
+        for crop in crops:
+            by_length.setdefault(len(crop.sig), []).append(crop)
+        encoded = {}
+        with torch.autocast(device_type=self.device_type, enabled=False):
+            for same_length in by_length.values():
+                wavs = torch.stack([crop.sig for crop in same_length]).to(self.device)
+                whole = torch.ones(len(same_length), device=self.device)
+                hidden, frame_lens = upstream(wavs, whole)
+                pooled = pool_states(hidden, frame_lens, self.feature_layer_norm).float()
+                encoded.update(zip([crop.key for crop in same_length], pooled))
+        return encoded
 
     def compute_objectives(self, logits, batch, stage):
         labels = batch.labels.data  # [B, G]
