@@ -72,9 +72,9 @@ def rewiring_record(encoder):
 
 def downstream(task, encoder, strategy, args):
     """Trains one head; returns its results.json as a dict."""
+    # No --strategy: the recipe reads it from the encoder's rewiring.json (or "baseline").
     run([f"recipes/{task}/train.py", TASKS[task], "--upstream_source", str(encoder),
-         "--strategy", strategy, "--fraction", args.fraction, "--seed", args.seed,
-         "--output_root", args.output_root])
+         "--fraction", args.fraction, "--seed", args.seed, "--output_root", args.output_root])
     folder = Path(args.output_root) / task / encoder_id(str(Path(encoder).resolve())) / strategy
     for path in sorted(folder.glob(f"fraction*_seed{args.seed}/results.json")):
         results = json.loads(path.read_text())
