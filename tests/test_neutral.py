@@ -1,4 +1,5 @@
-"""Neutral TTS: escaping, caching, long-lived workers, failures left out and counted."""
+"""Neutral TTS: escaping, caching, long-lived workers, failures left out and counted, or
+stopping the run over max_failed_fraction."""
 
 import shutil
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile
 
+from rewire_lobes.errors import UserError
 from rewire_lobes.rewiring import neutral
 from rewire_lobes.rewiring.neutral import (
     FestivalWorker,
@@ -148,3 +150,70 @@ def test_a_worker_that_hangs_times_out(tmp_path):
     with pytest.raises(SynthesisError, match="no answer"):
         worker.synthesize("hello", tmp_path / "x.wav")
     worker.close()
+
+
+# ------------------------------------------------------------------------------ failure limit
+
+
+def _synthesize_neutral():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "rewire" / "synthesize_neutral.py"
+    spec = importlib.util.spec_from_file_location("rewire_synthesize_neutral", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _manifest(path, texts):
+    rows = "".join(f"u{i},1,x,1,{text}\n" for i, text in enumerate(texts))
+    path.write_text("ID,duration,wav,spk_id,wrd\n" + rows, encoding="utf-8")
+    return path
+
+
+def test_failures_over_the_limit_stop_with_the_texts_listed(tmp_path):
+    import json
+
+    script = _synthesize_neutral()
+    manifest = _manifest(tmp_path / "train.csv", ["ONE", "TWO CRASH", "THREE", "FOUR"])
+    report_path = tmp_path / "neutral_synthesis.json"
+    with pytest.raises(neutral.TooManySynthesisFailures) as error:
+        script.ensure_neutral_audio(manifest, tmp_path / "cache", report_path=report_path,
+                                    worker_class=CrashyWorker)  # default limit: 1 %
+    message = str(error.value)
+    assert "failed for 1 utterances (25.00%), over max_failed_fraction 1.00%" in message
+    assert "'two crash' (" in message and "exited" in message
+    assert str(report_path) in message
+    assert not isinstance(error.value, UserError), "a data problem, not a wrong option"
+    report = json.loads(report_path.read_text())
+    assert report["left_out"] == {"utterances": 1, "share": 0.25, "texts": 1}
+    assert list(report["failed"]) == ["two crash"] and report["max_failed_fraction"] == 0.01
+
+
+def test_failures_under_the_limit_are_left_out_and_counted(tmp_path):
+    import json
+
+    script = _synthesize_neutral()
+    # Two utterances share the failing text: counted per utterance, the share of the manifest.
+    manifest = _manifest(tmp_path / "train.csv", ["ONE", "CRASH", "THREE", "CRASH", "FIVE"])
+    summary = script.ensure_neutral_audio(manifest, tmp_path / "cache", max_failed_fraction=0.5,
+                                          report_path=tmp_path / "r.json",
+                                          worker_class=CrashyWorker)
+    assert summary == {"utterances": 2, "share": 0.4, "texts": 1}
+    assert json.loads((tmp_path / "r.json").read_text())["left_out"] == summary
+    # the cached audio is reused; the failure is retried and counted again
+    again = script.ensure_neutral_audio(manifest, tmp_path / "cache", max_failed_fraction=0.4,
+                                        worker_class=CrashyWorker)
+    assert again == summary, "exactly at the limit is still allowed"
+    with pytest.raises(neutral.TooManySynthesisFailures):
+        script.ensure_neutral_audio(manifest, tmp_path / "cache", max_failed_fraction=0.39,
+                                    worker_class=CrashyWorker)
+
+
+def test_a_long_failure_list_is_cut_in_the_message():
+    failed = {f"text {i}": "no audio" for i in range(30)}
+    summary = {"utterances": 30, "share": 0.3, "texts": 30}
+    with pytest.raises(neutral.TooManySynthesisFailures, match=r"and 10 more.*report\.json"):
+        neutral.check_failures(summary, failed, 0.01, "report.json")
+    neutral.check_failures(summary, failed, None)  # no limit
+    neutral.check_failures(summary, failed, 0.3)

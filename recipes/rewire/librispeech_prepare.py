@@ -1,13 +1,24 @@
-"""Manifest of LibriSpeech utterances for contrastive rewiring.
+"""Manifest of LibriSpeech utterances for contrastive rewiring, and the subset it used.
 
 Writes ``<save_folder>/train.csv`` with SpeechBrain's columns ``ID, duration, wav, spk_id,
 wrd``: utterances of the chosen splits (the paper: ``train-clean-100``) that have a
-transcript and at most ``max_samples`` samples at 16 kHz (the paper: 180k), optionally a
-seeded random subset of ``max_utterances`` of them (the paper used 6.6k).
+transcript and at most ``max_samples`` samples at 16 kHz (the paper: 180k), of which
+``max_utterances`` (the paper: 6.6k) are kept by the ``subset`` rule:
 
-Idempotent: an existing CSV is kept when the options it was written with match. When
-``data_folder`` is the embedded default (the generated mini corpus) and is absent, the
-mini corpus is generated first; any other missing folder is an error.
+* ``shortest`` (default): the shortest ones, as the paper's code took them (it sorted
+  train-clean-100 by length and rewired on the short end); ties in length are broken by
+  utterance ID, so the subset is the same on every machine;
+* ``random``: a draw seeded by ``seed``.
+
+The kept IDs are also listed, sorted, one per line, in ``<save_folder>/rewiring_subset.txt``
+(the recipe copies it beside the exported encoder and hashes it into ``rewiring.json``):
+the ASR recipe leaves these utterances out of its training data (the paper's Table 2
+footnote).
+
+Idempotent: existing files are kept when the options they were written with match. When
+``data_folder`` is the embedded default (the mini corpus under ``data/mini``,
+:func:`rewire_lobes.runs.defaults.is_embedded_data`), it is generated first if absent; any
+other missing folder is a :class:`rewire_lobes.errors.DataFolderError`.
 
 Example
 -------
@@ -20,19 +31,24 @@ Authors
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import random
 from pathlib import Path
 
 from rewire_lobes.data.audio import SAMPLE_RATE, AudioError, audio_info
-from rewire_lobes.io_utils import atomic_path, write_json_atomic
+from rewire_lobes.errors import DataFolderError, OptionError
+from rewire_lobes.io_utils import atomic_path, write_json_atomic, write_text_atomic
+from rewire_lobes.runs.defaults import ensure_default_data, is_embedded_data, repo_path
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "train.csv"
+SUBSET_NAME = "rewiring_subset.txt"
 OPTIONS_NAME = "train_prepare_opts.json"
 FIELDS = ["ID", "duration", "wav", "spk_id", "wrd"]
+SUBSET_RULES = ("shortest", "random")
 
 
 def prepare_librispeech_rewire(
@@ -42,106 +58,148 @@ def prepare_librispeech_rewire(
     max_samples=180_000,
     max_utterances=None,
     seed=1234,
-    embedded_data_folder=None,
+    subset="shortest",
     skip_prep=False,
 ):
-    """Writes the manifest and returns its path.
+    """Writes the manifest and the subset's ID list; returns the manifest's path.
 
     Arguments
     ---------
     data_folder : str
         The LibriSpeech root, holding ``<split>/<speaker>/<chapter>/``.
     save_folder : str
-        Where ``train.csv`` and the options it was made with are written.
+        Where ``train.csv``, ``rewiring_subset.txt`` and the options they were made with
+        are written.
     splits : list of str
         LibriSpeech splits to read.
     max_samples : int
         Utterances longer than this (counted at 16 kHz) are left out.
     max_utterances : int, optional
-        Keep a random subset of this size (drawn with ``seed``); ``None`` keeps all.
+        Keep this many utterances, chosen by ``subset``; ``None`` keeps all.
     seed : int
-        Seed of the subset draw.
-    embedded_data_folder : str, optional
-        The embedded default; if ``data_folder`` is it and it is missing, the mini corpus
-        is generated there.
+        Seed of the ``random`` subset draw.
+    subset : str
+        ``shortest`` (the paper's code) or ``random``.
     skip_prep : bool
-        Do nothing (the CSV is assumed to exist).
+        Do nothing (the files are assumed to exist).
     """
     save_folder = Path(save_folder)
     csv_path = save_folder / MANIFEST_NAME
     if skip_prep:
         return csv_path
+    if subset not in SUBSET_RULES:
+        raise OptionError(f"--subset must be one of {', '.join(SUBSET_RULES)}, got {subset!r}")
+    folder = _ensure_corpus(data_folder, splits)
     options = {
-        "data_folder": str(Path(data_folder).resolve()),
+        "data_folder": str(folder.resolve()),
         "splits": list(splits),
         "max_samples": int(max_samples),
         "max_utterances": None if max_utterances is None else int(max_utterances),
+        "subset": subset,
         "seed": int(seed),
     }
-    if _up_to_date(csv_path, save_folder / OPTIONS_NAME, options):
+    if _up_to_date(save_folder, options):
         logger.info("%s is up to date, skipping preparation", csv_path)
         return csv_path
 
-    _ensure_corpus(Path(data_folder), embedded_data_folder)
     rows, too_long = [], 0
     for split in splits:
-        split_rows, split_too_long = _read_split(Path(data_folder) / split, max_samples)
+        split_rows, split_too_long = _read_split(folder / split, max_samples)
         rows.extend(split_rows)
         too_long += split_too_long
     if not rows:
-        raise FileNotFoundError(
+        raise DataFolderError(
             f"{data_folder}: no utterance with a transcript found in splits {list(splits)}"
         )
     logger.info(
         "%d utterances of at most %d samples (%d longer ones left out)",
         len(rows), max_samples, too_long,
     )
-    if max_utterances is not None and len(rows) > max_utterances:
-        rows = random.Random(seed).sample(rows, int(max_utterances))
-        logger.info("Kept a random subset of %d utterances (seed %d)", len(rows), seed)
+    rows = select_subset(rows, max_utterances, subset, seed)
     rows.sort(key=lambda row: row["ID"])
 
     save_folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(csv_path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FIELDS)
+            writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+    write_text_atomic(save_folder / SUBSET_NAME, "".join(f"{row['ID']}\n" for row in rows))
     write_json_atomic(save_folder / OPTIONS_NAME, options)
-    logger.info("Wrote %s (%d utterances)", csv_path, len(rows))
+    logger.info("Wrote %s (%d utterances) and %s", csv_path, len(rows), SUBSET_NAME)
     return csv_path
 
 
-def _up_to_date(csv_path, options_path, options):
-    if not (csv_path.is_file() and options_path.is_file()):
+def select_subset(rows, max_utterances, subset="shortest", seed=1234):
+    """The ``max_utterances`` rows kept by the ``subset`` rule (all when it is None).
+
+    ``shortest`` sorts by sample count, then utterance ID; ``random`` draws with ``seed``
+    from the rows in the order they were read.
+
+    Example
+    -------
+    >>> rows = [{"ID": i, "samples": n} for i, n in (("c", 5), ("a", 9), ("b", 5))]
+    >>> [row["ID"] for row in select_subset(rows, 2)]
+    ['b', 'c']
+    """
+    if max_utterances is None or len(rows) <= int(max_utterances):
+        if max_utterances is not None:
+            logger.info("%d utterances, no more than max_utterances %d: all are kept",
+                        len(rows), int(max_utterances))
+        return list(rows)
+    count = int(max_utterances)
+    if subset == "random":
+        kept = random.Random(seed).sample(rows, count)
+        logger.info("Kept a random subset of %d utterances (seed %d)", count, seed)
+        return kept
+    kept = sorted(rows, key=lambda row: (row["samples"], row["ID"]))[:count]
+    logger.info("Kept the %d shortest utterances (%d to %d samples)", count,
+                kept[0]["samples"], kept[-1]["samples"])
+    return kept
+
+
+def subset_digest(path):
+    """sha256 hex digest of a subset ID list (the file's bytes)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_subset(path):
+    """The utterance IDs of a subset ID list, in file order."""
+    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
+
+
+def _up_to_date(save_folder, options):
+    paths = [save_folder / name for name in (MANIFEST_NAME, SUBSET_NAME, OPTIONS_NAME)]
+    if not all(path.is_file() for path in paths):
         return False
     try:
-        return json.loads(options_path.read_text(encoding="utf-8")) == options
+        return json.loads(paths[-1].read_text(encoding="utf-8")) == options
     except (OSError, ValueError):
         return False
 
 
-def _ensure_corpus(data_folder, embedded_data_folder):
-    embedded = embedded_data_folder is not None and (
-        data_folder.resolve() == Path(embedded_data_folder).resolve()
-    )
-    if embedded:
-        # Imported here: only the embedded default needs the generator. A no-op when the
-        # mini corpus is complete; it (re)generates a missing or half-written one.
-        from rewire_lobes.data.mini_corpus import ensure_mini_corpus
-
-        ensure_mini_corpus(str(data_folder.parent), corpora=["librispeech"])
-    if not data_folder.exists():
-        raise FileNotFoundError(
+def _ensure_corpus(data_folder, splits):
+    """The folder to read; the embedded default is generated when absent."""
+    if is_embedded_data(data_folder):
+        # A no-op when the mini corpus is complete; it (re)generates a missing or
+        # half-written one. A user's own folder is never written to.
+        ensure_default_data(data_folder, splits[0], "librispeech")
+        folder = repo_path(data_folder)
+    else:
+        folder = Path(str(data_folder)).expanduser()
+    if not folder.is_dir():
+        raise DataFolderError(
             f"{data_folder}: no such LibriSpeech folder (pass --data_folder /path/to/LibriSpeech, "
             "the folder holding train-clean-100/)"
         )
+    for split in splits:
+        if not (folder / split).is_dir():
+            raise DataFolderError(f"{folder / split}: missing LibriSpeech split folder")
+    return folder
 
 
 def _read_split(split_dir, max_samples):
     """Rows of one split and the count of utterances over ``max_samples``."""
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: missing LibriSpeech split folder")
     rows, too_long = [], 0
     for transcript_file in sorted(split_dir.glob("*/*/*.trans.txt")):
         for line in transcript_file.read_text(encoding="utf-8").splitlines():
@@ -157,7 +215,8 @@ def _read_split(split_dir, max_samples):
             except AudioError as err:
                 logger.warning("%s, skipped", err)
                 continue
-            if frames * SAMPLE_RATE / rate > max_samples:
+            samples = round(frames * SAMPLE_RATE / rate)
+            if samples > max_samples:
                 too_long += 1
                 continue
             rows.append({
@@ -166,6 +225,7 @@ def _read_split(split_dir, max_samples):
                 "wav": str(audio.resolve()),
                 "spk_id": utt_id.split("-")[0],
                 "wrd": " ".join(words.split()),
+                "samples": samples,  # for the subset rule; not written
             })
     return rows, too_long
 
@@ -177,12 +237,17 @@ def main(argv=None):
     parser.add_argument("--splits", nargs="+", default=["train-clean-100"])
     parser.add_argument("--max_samples", type=int, default=180_000)
     parser.add_argument("--max_utterances", type=int, default=None)
+    parser.add_argument("--subset", choices=SUBSET_RULES, default="shortest")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    prepare_librispeech_rewire(args.data_folder, args.save_folder, args.splits, args.max_samples,
-                               args.max_utterances, args.seed)
+    prepare_librispeech_rewire(args.data_folder, args.save_folder, splits=args.splits,
+                               max_samples=args.max_samples, max_utterances=args.max_utterances,
+                               seed=args.seed, subset=args.subset)
 
 
 if __name__ == "__main__":
-    main()
+    from rewire_lobes.runs.cli import user_errors
+
+    with user_errors():
+        main()

@@ -7,11 +7,16 @@ that transformers, s3prl's HF upstream and the SUPERB recipes of this project lo
 
     python recipes/rewire/train.py hparams/mixed.yaml                  # embedded default
     python recipes/rewire/train.py hparams/mixed.yaml --data_folder /data/LibriSpeech \
-        --upstream_source /models/wav2vec2-large-lv60 --max_steps 5000 --lr 1e-6
+        --upstream_source /models/wav2vec2-large-lv60                   # the paper's run
     torchrun --nproc_per_node=4 recipes/rewire/train.py hparams/mixed.yaml ...  # DDP
 
-Outputs in the run folder: ``upstream/`` (the rewired encoder + ``rewiring.json``),
-``save/`` (checkpoints; a rerun resumes), ``train_log.txt``, ``loss_curve.png``.
+The profile (``run_profile: auto``) follows the encoder and the data: the embedded
+encoder or the mini corpus get the yaml's ``embedded_profile`` (a short budget), anything
+else the paper's values, with no flag.
+
+Outputs in the run folder: ``upstream/`` (the rewired encoder, ``rewiring.json`` and
+``rewiring_subset.txt``), ``save/`` (checkpoints; a rerun resumes), ``train_log.txt``,
+``loss_curve.png``, ``run_identity.json``.
 
 Authors
  * rewire-speech contributors
@@ -23,55 +28,53 @@ import sys
 from pathlib import Path
 
 import speechbrain as sb
-import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lobes.data.audio import SAMPLE_RATE, load_audio
 from rewire_lobes.rewiring.batching import LengthBucketBatchSampler
-from rewire_lobes.runs.defaults import FALLBACK_NAME
-from rewire_lobes.io_utils import write_json_atomic
-from rewire_lobes.rewiring.neutral import neutral_path, resolve_voice, tts_text
 from rewire_lobes.rewiring.brain import RewireBrain
-from rewire_lobes.runs.cli import load_recipe_hparams
+from rewire_lobes.rewiring.neutral import neutral_path, resolve_voice, tts_text
+from rewire_lobes.runs.cli import (
+    load_recipe_hparams,
+    parse_arguments,
+    start_experiment,
+    user_errors,
+    world_size,
+)
+from rewire_lobes.runs.defaults import FALLBACK_NAME, choose_profile
+
+from librispeech_prepare import (  # sibling script  # isort: skip
+    SUBSET_NAME,
+    prepare_librispeech_rewire,
+    read_subset,
+    subset_digest,
+)
 
 logger = logging.getLogger(__name__)
 
-
-def run_identity(hparams, source):
-    """Settings that define a run; a folder holding another identity is refused."""
-    keys = [
-        "strategy", "seed", "splits", "max_samples", "split_samples", "max_utterances",
-        "tts_backend", "mask_ratio", "temperature", "dropout", "symmetric_loss", "pool_layers",
-        "freeze_feature_encoder", "batch_size", "lr", "weight_decay",
-    ]
-    identity = {key: hparams[key] for key in keys}
-    identity["tts_voice"] = resolve_voice(hparams["tts_backend"], hparams["tts_voice"])
-    identity["upstream_source"] = str(Path(source).resolve()) if Path(source).exists() else source
-    identity["data_folder"] = str(Path(hparams["data_folder"]).resolve())
-    identity["world_size"] = world_size()
-    return identity
+# The paper's updates per strategy (§3.1, appendix B): the yamls' max_steps.
+PAPER_UPDATES = {"twin": 1700, "neutral": 11600, "mixed": 5000}
+NEUTRAL_REPORT = "neutral_synthesis.json"
 
 
-def world_size():
-    if sb.utils.distributed.is_distributed_initialized():
-        return torch.distributed.get_world_size()
-    return 1
+def run_precision(hparams, run_opts):
+    """The precision the Brain will use: the command line's, else bf16 on CUDA, else fp32."""
+    if "precision" in getattr(run_opts, "overridden_args", ()):
+        return run_opts["precision"]
+    device = run_opts.get("device") or sb.utils.distributed.infer_device()
+    return hparams["gpu_precision"] if str(device).startswith("cuda") else hparams["precision"]
 
 
-def claim_run_folder(folder, identity):
-    """Records ``identity`` in ``folder``, or raises if the folder holds another run."""
-    path = Path(folder) / "run_identity.json"
-    if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        keys = set(previous) | set(identity)
-        changed = sorted(k for k in keys if previous.get(k) != identity.get(k))
-        if changed:
-            raise RuntimeError(
-                f"{folder} holds a run with other settings ({', '.join(changed)}); it would be "
-                "silently continued. Pass another --output_folder, or delete the folder."
-            )
-        return
-    write_json_atomic(path, identity)
+def identity_extras(run_opts):
+    """``identity_extras`` for :func:`load_recipe_hparams`: what the yaml keys do not say."""
+
+    def extras(hparams):
+        return {
+            "tts_voice": resolve_voice(hparams["tts_backend"], hparams["tts_voice"]),
+            "precision": run_precision(hparams, run_opts),
+        }
+
+    return extras
 
 
 def dataio_prepare(hparams, csv_path):
@@ -103,7 +106,8 @@ def dataio_prepare(hparams, csv_path):
     sb.dataio.dataset.add_dynamic_item([data], pair_pipeline)
     sb.dataio.dataset.set_output_keys([data], ["id", "anchor", "positive", "kind"])
 
-    # Sort key: the view length after the truncation rule (halved above split_samples).
+    # Sort key of length buckets: the view length after the truncation rule (halved above
+    # split_samples). With bucket_batches null (the default) batches are random.
     lengths = []
     for uid in data.data_ids:
         samples = float(data.data[uid]["duration"]) * SAMPLE_RATE
@@ -119,41 +123,75 @@ def export_record(hparams, brain, csv_path, utterances):
     source = hparams["upstream_source"]
     settings = {key: hparams[key] for key in (
         "temperature", "lr", "weight_decay", "dropout", "mask_ratio", "symmetric_loss",
-        "pool_layers", "freeze_feature_encoder", "grad_cache", "max_samples", "split_samples",
-        "seed",
+        "pool_layers", "freeze_feature_encoder", "encoder_masking", "grad_cache",
+        "grad_cache_chunk_size", "gradient_checkpointing", "bucket_batches", "max_samples",
+        "split_samples", "max_utterances", "subset", "max_grad_norm", "seed",
     )}
     settings["batch_size_per_rank"] = hparams["batch_size"]
     settings["global_batch_size"] = hparams["batch_size"] * world_size()
     settings["precision"] = brain.precision
+    neutral_failures = None
     if hparams["pair_maker"].needs_neutral:
         settings["tts"] = [hparams["tts_backend"],
                            resolve_voice(hparams["tts_backend"], hparams["tts_voice"])]
+        settings["max_failed_fraction"] = hparams["max_failed_fraction"]
+        report = Path(hparams["output_folder"]) / NEUTRAL_REPORT
+        neutral_failures = json.loads(report.read_text(encoding="utf-8"))["left_out"]
+    subset_file = Path(csv_path).parent / SUBSET_NAME
     return {
         "method": "contrastive rewiring (Yang et al., 2022)",
         "source": str(source),
         "random_init_fallback": Path(source).name == FALLBACK_NAME,
-        "paper_updates": hparams["full_scale_max_steps"],
+        # embedded: derived from the embedded encoder or the mini corpus (downstream runs
+        # read this to choose their own profile).
+        "profile": hparams["run_profile"],
+        "profile_reason": hparams.get("profile_reason"),
+        "paper_updates": PAPER_UPDATES[hparams["strategy"]],
         "hyperparameters": settings,
-        "data": {"manifest": str(Path(csv_path).resolve()), "utterances": utterances},
+        "data": {
+            "manifest": str(Path(csv_path).resolve()),
+            "splits": list(hparams["splits"]),
+            "subset_rule": hparams["subset"],
+            # The utterance IDs chosen for rewiring, beside this record; the ASR recipe
+            # leaves them out of its training data.
+            "subset_file": SUBSET_NAME,
+            "subset_sha256": subset_digest(subset_file),
+            "subset_utterances": len(read_subset(subset_file)),
+            # Trained on: the subset less the utterances without neutral audio.
+            "utterances": utterances,
+        },
+        "neutral_failures": neutral_failures,
+        "run_identity": hparams["run_identity"],
     }
 
 
-if __name__ == "__main__":
-    # Also resolves the embedded encoder (a random stand-in while assets/encoder is
-    # missing) and names the run folder after the encoder's fingerprint.
-    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(sys.argv[1:])
+def load_hparams(argv):
+    """``load_recipe_hparams`` for this recipe: the profile applied, the run folder claimed.
+
+    Resolves the encoder (a random stand-in while assets/encoder is missing), the profile
+    and the encoder's fingerprint in the run folder's name, then claims the run folder for
+    the run identity. Returns ``(hparams, hparams_file, run_opts, overrides)``; trains
+    nothing.
+    """
+    # The precision in use belongs to the run identity; the Brain decides it from the run
+    # options, which load_recipe_hparams returns only after claiming the folder.
+    _, preview_opts, _ = parse_arguments(argv)
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(
+        argv, identity_extras=identity_extras(preview_opts))
+    hparams["precision"] = run_precision(hparams, run_opts)
+    # Why this profile, for rewiring.json: the automatic rule's reason when it agrees.
+    auto, reason = choose_profile("auto", hparams["upstream_source"], hparams["data_folder"])
+    hparams["profile_reason"] = reason if auto == hparams["run_profile"] else "requested"
+    return hparams, hparams_file, run_opts, overrides
+
+
+def main(argv):
+    hparams, hparams_file, run_opts, overrides = load_hparams(argv)
+    start_experiment(hparams, hparams_file, overrides)
     source = hparams["upstream_source"]
-    run_on_main(claim_run_folder, args=[hparams["output_folder"], run_identity(hparams, source)])
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
     if Path(source).name == FALLBACK_NAME:
         logger.warning("Rewiring a RANDOMLY INITIALISED stand-in encoder (%s): the run shows "
                        "that the pipeline works, not what rewiring does.", source)
-
-    from librispeech_prepare import prepare_librispeech_rewire  # noqa: E402 (sibling script)
 
     csv_path = Path(hparams["output_folder"]) / "train.csv"
     run_on_main(prepare_librispeech_rewire, kwargs={
@@ -163,7 +201,7 @@ if __name__ == "__main__":
         "max_samples": hparams["max_samples"],
         "max_utterances": hparams["max_utterances"],
         "seed": hparams["seed"],
-        "embedded_data_folder": hparams["embedded_data_folder"],
+        "subset": hparams["subset"],
         "skip_prep": hparams["skip_prep"],
     })
     if hparams["pair_maker"].needs_neutral:
@@ -175,14 +213,10 @@ if __name__ == "__main__":
             "backend": hparams["tts_backend"],
             "voice": hparams["tts_voice"],
             "num_workers": hparams["tts_workers"],
-            "report_path": Path(hparams["output_folder"]) / "neutral_synthesis.json",
+            "report_path": Path(hparams["output_folder"]) / NEUTRAL_REPORT,
+            "max_failed_fraction": hparams["max_failed_fraction"],
         })
     train_data, batch_sampler = dataio_prepare(hparams, csv_path)
-
-    # bf16 autocast on CUDA unless the command line chose a precision.
-    device = run_opts.get("device") or sb.utils.distributed.infer_device()
-    if "precision" not in run_opts.overridden_args and str(device).startswith("cuda"):
-        hparams["precision"] = hparams["gpu_precision"]
 
     upstream = hparams["encoder_factory"](source)
     brain = RewireBrain(
@@ -201,7 +235,16 @@ if __name__ == "__main__":
         },
     )
 
-    brain.export(hparams["export_folder"], export_record(hparams, brain, csv_path, len(train_data)))
+    brain.export(
+        hparams["export_folder"],
+        export_record(hparams, brain, csv_path, len(train_data)),
+        extra_files={SUBSET_NAME: csv_path.parent / SUBSET_NAME},
+    )
     brain.plot_loss(Path(hparams["output_folder"]) / "loss_curve.png")
     if if_main_process():
         logger.info("Done: %s", hparams["export_folder"])
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(sys.argv[1:])

@@ -1,10 +1,13 @@
-"""Fixed-size batches of similar-length utterances.
+"""Fixed-size batches: random ones (the paper's), or of similar-length utterances.
 
 A contrastive batch must keep its size (it sets the number of negatives), so
 SpeechBrain's ``DynamicBatchSampler`` (variable batch sizes) does not fit. This sampler
-shuffles the data, cuts it into buckets of ``bucket_batches`` batches, sorts each bucket
-by length and slices it into batches, then shuffles the batch order: batches are random
-but their members have similar lengths, so one padded forward pass wastes little.
+shuffles the data and slices it into batches. With ``bucket_batches`` = N > 1 it first
+cuts the shuffled data into buckets of N batches and sorts each bucket by length before
+slicing, then shuffles the batch order: batches are still random, but their members have
+similar lengths, so one padded forward pass wastes little. The price: the in-batch
+negatives of an anchor then have about its length, a different negative distribution from
+the paper's random batches (``bucket_batches`` None, 0 or 1, the recipe's default).
 """
 
 import random
@@ -24,19 +27,19 @@ class LengthBucketBatchSampler(Sampler):
     lengths : list of float
         One length per dataset item (any unit).
     batch_size : int
-    bucket_batches : int
-        Batches per length-sorted bucket; 1 means plain random batches.
+    bucket_batches : int or None
+        Batches per length-sorted bucket; ``None``, 0 or 1 mean plain random batches.
     seed : int
 
     Example
     -------
     >>> sampler = LengthBucketBatchSampler([5, 1, 4, 2, 3, 6], batch_size=2, seed=0)
     >>> batches = list(sampler)
-    >>> len(batches), sorted(i for b in batches for i in b)
-    (3, [0, 1, 2, 3, 4, 5])
+    >>> len(batches), sorted(i for b in batches for i in b), sampler.bucketed
+    (3, [0, 1, 2, 3, 4, 5], False)
     """
 
-    def __init__(self, lengths, batch_size, bucket_batches=16, seed=0):
+    def __init__(self, lengths, batch_size, bucket_batches=None, seed=0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if len(lengths) < batch_size:
@@ -44,11 +47,23 @@ class LengthBucketBatchSampler(Sampler):
                 f"{len(lengths)} utterances cannot fill one batch of {batch_size}; "
                 "lower --batch_size or use more data"
             )
+        if bucket_batches is not None and (isinstance(bucket_batches, bool)
+                                           or int(bucket_batches) != bucket_batches
+                                           or bucket_batches < 0):
+            raise ValueError(
+                f"bucket_batches must be null, 0 (random batches) or a positive number of "
+                f"batches per length bucket, got {bucket_batches!r}"
+            )
         self.lengths = list(lengths)
         self.batch_size = batch_size
-        self.bucket_batches = max(1, bucket_batches)
+        self.bucket_batches = max(1, int(bucket_batches or 1))
         self.seed = seed
         self.epoch = 0
+
+    @property
+    def bucketed(self):
+        """Whether batches are drawn from length-sorted buckets (else: random batches)."""
+        return self.bucket_batches > 1
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -62,6 +77,10 @@ class LengthBucketBatchSampler(Sampler):
         rng.shuffle(order)
         usable = len(self) * self.batch_size
         order = order[:usable]
+        if not self.bucketed:
+            return iter(
+                order[i : i + self.batch_size] for i in range(0, usable, self.batch_size)
+            )
         bucket = self.batch_size * self.bucket_batches
         batches = []
         for start in range(0, usable, bucket):

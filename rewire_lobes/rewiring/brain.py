@@ -16,6 +16,7 @@ continues the same run. ``export`` writes the rewired encoder directory.
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,16 +111,30 @@ class RandomState:
         self.recovered = json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def trainable_parameters(upstream):
-    """The encoder parameters that rewiring updates.
+def uses_masked_spec_embed(config):
+    """Whether the encoder's forward pass reads ``masked_spec_embed``.
 
-    The CNN front-end is excluded by ``SSLUpstream(freeze_feature_encoder=True)``.
-    ``masked_spec_embed`` is only read by the encoder's own SpecAugment, which the
-    upstream switches off; left trainable it would get no gradient, which DDP rejects.
+    transformers' ``_mask_hidden_states`` writes it into the time-masked frames only when
+    ``apply_spec_augment`` is on and ``mask_time_prob`` is positive (feature masking writes
+    zeros). ``SSLUpstream(spec_augment=False)``, the recipe's default, switches both off.
+    """
+    return bool(getattr(config, "apply_spec_augment", False)) and (
+        float(getattr(config, "mask_time_prob", 0.0) or 0.0) > 0
+    )
+
+
+def trainable_parameters(upstream):
+    """The encoder parameters that rewiring updates: every one that gets a gradient.
+
+    That is all of them (the paper: "All parameters of the encoder are updated"), the CNN
+    front-end included, unless ``SSLUpstream(freeze_feature_encoder=True)`` froze it. The
+    one exception is ``masked_spec_embed`` while the encoder's own masking is off
+    (:func:`uses_masked_spec_embed`): left trainable it would get no gradient, which DDP
+    rejects. It is frozen here.
     """
     model = upstream.model
     masked = getattr(model, "masked_spec_embed", None)
-    if masked is not None and not getattr(model.config, "apply_spec_augment", False):
+    if masked is not None and not uses_masked_spec_embed(model.config):
         masked.requires_grad_(False)
     return [p for p in upstream.parameters() if p.requires_grad]
 
@@ -270,11 +285,12 @@ class RewireBrain(sb.Brain):
 
     # ------------------------------------------------------------------ outputs
 
-    def export(self, directory, record):
+    def export(self, directory, record, extra_files=None):
         """Writes the rewired encoder (HF layout + ``rewiring.json``) on the main process.
 
         ``record`` (a dict) is completed with the strategy, update count, loss curve and
-        the source and rewired encoders' content hashes.
+        the source and rewired encoders' content hashes. ``extra_files`` maps a file name
+        in the export to the file to copy there (e.g. the subset's ID list).
         """
         if not if_main_process():
             return None
@@ -292,6 +308,8 @@ class RewireBrain(sb.Brain):
             for item in staged.iterdir():
                 item.rename(tmp / item.name)
             staged.rmdir()
+            for name, source in (extra_files or {}).items():
+                shutil.copyfile(source, tmp / name)
             write_json_atomic(tmp / EXPORT_RECORD, record)
         logger.info("Rewired encoder written to %s (%d updates)", directory, self.optimizer_step)
         return directory

@@ -12,7 +12,9 @@ step that
   recipes reuse the audio, and nothing else needs to be kept in sync;
 * writes every file atomically, as 16 kHz mono 16-bit WAV;
 * never hands a transcript to a shell, and escapes it for the Scheme string it goes into;
-* logs, counts and leaves out an utterance that fails (the caller drops it from the set).
+* logs, counts and leaves out an utterance that fails (the caller drops it from the set);
+  more than ``max_failed_fraction`` of the utterances failing stops the run
+  (:func:`check_failures`), since the TTS setup is then broken rather than a few texts odd.
 
 ``festival --pipe`` evaluates ``(utt.synth (Utterance Text ...))``, which is what
 ``text2wave`` does for a transcript without punctuation (one utterance, same voice and
@@ -60,6 +62,14 @@ class SynthesisError(RuntimeError):
 
 class BackendUnavailable(RuntimeError):
     """The TTS program or voice is missing; the message says what to install."""
+
+
+class TooManySynthesisFailures(RuntimeError):
+    """More than ``max_failed_fraction`` of the utterances got no neutral audio.
+
+    A data problem, not a wrong option: the message lists the failing texts and names the
+    report that holds every failure with its reason.
+    """
 
 
 def tts_text(transcript):
@@ -421,6 +431,40 @@ def synthesize_manifest(csv_path, cache_dir, backend="festival", voice=None, num
         if neutral_path(cache_dir, text, backend, voice).is_file()
     }
     return report, available
+
+
+def failure_summary(texts, available, report):
+    """``{"utterances", "share", "texts"}``: utterances left out, their share, failed texts.
+
+    ``texts`` maps utterance id to TTS text (:func:`manifest_texts`), ``available`` is the
+    set of ids with neutral audio, ``report`` the :class:`SynthesisReport`.
+    """
+    left_out = len(texts) - len(set(texts) & set(available))
+    return {
+        "utterances": left_out,
+        "share": left_out / len(texts) if texts else 0.0,
+        "texts": len(report.failed),
+    }
+
+
+def check_failures(summary, failed, max_failed_fraction, report_path=None, shown=20):
+    """Raises :class:`TooManySynthesisFailures` when ``summary["share"]`` is over the limit.
+
+    ``failed`` maps text to reason (``SynthesisReport.failed``); the first ``shown`` texts
+    are listed in the message, all of them in ``report_path``.
+    """
+    if max_failed_fraction is None or summary["share"] <= float(max_failed_fraction):
+        return
+    listed = "; ".join(f"{text!r} ({reason})" for text, reason in itertools.islice(
+        failed.items(), shown))
+    more = f"; ... and {len(failed) - shown} more" if len(failed) > shown else ""
+    where = f" Every failure and its reason: {report_path}." if report_path else ""
+    raise TooManySynthesisFailures(
+        f"Neutral TTS failed for {summary['utterances']} utterances ({summary['share']:.2%}), "
+        f"over max_failed_fraction {float(max_failed_fraction):.2%}; failed texts: "
+        f"{listed}{more}.{where} Fix the TTS setup, or pass a larger --max_failed_fraction "
+        "to train without these utterances."
+    )
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--espeak-worker":
