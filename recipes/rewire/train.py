@@ -41,7 +41,7 @@ from rewire_lobes.runs.cli import (
     user_errors,
     world_size,
 )
-from rewire_lobes.runs.defaults import FALLBACK_NAME, choose_profile
+from rewire_lobes.runs.defaults import FALLBACK_NAME
 
 from librispeech_prepare import (  # sibling script  # isort: skip
     SUBSET_NAME,
@@ -179,9 +179,6 @@ def load_hparams(argv):
     hparams, hparams_file, run_opts, overrides = load_recipe_hparams(
         argv, identity_extras=identity_extras(preview_opts))
     hparams["precision"] = run_precision(hparams, run_opts)
-    # Why this profile, for rewiring.json: the automatic rule's reason when it agrees.
-    auto, reason = choose_profile("auto", hparams["upstream_source"], hparams["data_folder"])
-    hparams["profile_reason"] = reason if auto == hparams["run_profile"] else "requested"
     return hparams, hparams_file, run_opts, overrides
 
 

@@ -236,8 +236,9 @@ def load_recipe_hparams(argv, identity_extras=None):
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     if "run_profile" in hparams:
-        _, hparams["profile_reason"] = choose_profile(
-            hparams["run_profile"], hparams["upstream_source"], hparams.get("data_folder"))
+        chosen, reason = choose_profile("auto", hparams["upstream_source"],
+                                        hparams.get("data_folder"))
+        hparams["profile_reason"] = reason if chosen == hparams["run_profile"] else "--run_profile"
     keys = hparams.get("run_identity_keys")
     if keys:
         extra = standard_identity(hparams, run_opts)
