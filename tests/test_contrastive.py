@@ -85,6 +85,8 @@ def test_pool_utterances_ignores_padding():
     assert torch.allclose(pooled, torch.tensor([[1.0] * 4, [2.0] * 4]))
     last = pool_utterances(hidden, torch.tensor([5, 2]), "last")
     assert torch.allclose(last[1], torch.full((4,), 3.0))
+    hidden[:, 1, 2:] = 1e3  # padded frames never count, even when not zero
+    assert torch.allclose(pool_utterances(hidden, torch.tensor([5, 2])), pooled)
 
 
 # ------------------------------------------------------------------------------ pairs
@@ -183,10 +185,10 @@ def test_bucket_sampler_is_deterministic_and_groups_lengths():
 # ------------------------------------------------------------------------------ gradient caching
 
 
-def _tiny_upstream(folder, dropout=0.1):
+def _tiny_upstream(folder, dropout=0.1, **options):
     from rewire_lobes.upstream.encoder import SSLUpstream
 
-    upstream = SSLUpstream(folder, freeze=False, dropout=dropout)
+    upstream = SSLUpstream(folder, freeze=False, dropout=dropout, **options)
     upstream.train()
     return upstream
 
@@ -233,8 +235,41 @@ def test_grad_cache_gradients_equal_plain_gradients(tiny_encoder, chunk_size):
     assert info_nce(other[:4], other[4:]).item() != pytest.approx(plain_loss.item(), abs=1e-6)
 
 
-def test_chunked_encoding_equals_one_pass_without_dropout(tiny_encoder):
-    upstream = _tiny_upstream(tiny_encoder(feat_extract_norm="layer"), dropout=0.0)
+def test_grad_cache_equals_one_full_batch_backward_group_norm(tiny_encoder):
+    """GradCache's chunks pad differently from one full batch: gradients must not care.
+
+    Eval mode, so no dropout at all: one padded pass of all views and length-sorted chunks
+    cannot draw the same dropout masks (``test_grad_cache_gradients_equal_plain_gradients``
+    checks that the masks are replayed). The CNN front-end, group norm included, trains.
+    """
+    upstream = _tiny_upstream(tiny_encoder(feat_extract_norm="group"), dropout=0.0,
+                              freeze_feature_encoder=False).eval()
+    views = _views()
+    assert len({v.shape[-1] for v in views}) > 1
+
+    def encode(wavs, rel_lens):
+        hidden, frame_lens = upstream(wavs, rel_lens)
+        return pool_utterances(hidden, frame_lens)
+
+    embeddings = encode_views(encode, views)  # one padded forward pass, chunk_size=None
+    plain_loss = info_nce(embeddings[:4], embeddings[4:])
+    plain_loss.backward()
+    plain = _grads(upstream)
+    upstream.zero_grad()
+
+    cached_loss = grad_cache_backward(encode, views, info_nce, 3, "cpu")
+    cached = _grads(upstream)
+
+    assert cached_loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
+    assert "model.feature_extractor.conv_layers.0.layer_norm.weight" in plain
+    assert plain.keys() == cached.keys()
+    for name in plain:
+        assert torch.allclose(cached[name], plain[name], atol=1e-5, rtol=1e-3), name
+
+
+@pytest.mark.parametrize("norm", ["layer", "group"])
+def test_chunked_encoding_equals_one_pass_without_dropout(tiny_encoder, norm):
+    upstream = _tiny_upstream(tiny_encoder(feat_extract_norm=norm), dropout=0.0)
     upstream.eval()
 
     def encode(wavs, rel_lens):

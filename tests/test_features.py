@@ -7,10 +7,11 @@ import speechbrain as sb
 import torch
 
 from rewire_lobes.downstream.features import FeatureCache, manifest_fingerprint, pool_states
-from rewire_lobes.downstream.heads import UtteranceLevelHead, masked_mean
+from rewire_lobes.downstream.heads import UtteranceLevelHead
 from rewire_lobes.data.manifests import write_manifest
 from rewire_lobes.upstream.encoder import SSLUpstream, WeightedLayerSum
-from rewire_lobes.downstream.utterance import audio_pipeline, audio_pipeline_tag
+from rewire_lobes.upstream.pooling import masked_mean
+from rewire_lobes.downstream.dataio import audio_pipeline, audio_pipeline_tag
 
 COLUMNS = ["ID", "duration", "wav", "start", "stop"]
 
@@ -75,10 +76,25 @@ def test_pool_states_matches_per_utterance_mean():
     assert torch.allclose(pooled[1], hidden[:, 1, :2].mean(dim=1), atol=1e-6)
 
 
+def count_forward_passes(upstream, monkeypatch):
+    calls = []
+    forward = upstream.forward
+
+    def counted(wavs, wav_lens=None):
+        calls.append(wavs.shape[0])
+        return forward(wavs, wav_lens)
+
+    monkeypatch.setattr(upstream, "forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize("model_type,norm", [("wav2vec2", "layer"), ("wav2vec2", "group"),
+                                             ("data2vec-audio", "layer")])
 @pytest.mark.parametrize("layer_norm", [False, True])
-def test_cached_equals_on_the_fly_with_padding(tiny_encoder, tmp_path, layer_norm):
-    """Layer-norm front-end (attention mask): variable lengths in one padded batch."""
-    upstream = SSLUpstream(tiny_encoder("wav2vec2", "layer"))
+def test_cached_equals_on_the_fly_with_padding(tiny_encoder, tmp_path, monkeypatch, layer_norm,
+                                               model_type, norm):
+    """Variable lengths in one padded batch, on the fly and in the cache's batches."""
+    upstream = SSLUpstream(tiny_encoder(model_type, norm))
     dataset = write_dataset(tmp_path, [16000, 9000, 12345, 20000], crop=(3000, 11000))
     torch.manual_seed(0)
     featurizer = WeightedLayerSum(upstream.num_states, layer_norm=layer_norm)
@@ -90,16 +106,34 @@ def test_cached_equals_on_the_fly_with_padding(tiny_encoder, tmp_path, layer_nor
     with torch.no_grad():
         reference = on_the_fly_logits(upstream, featurizer, head, wavs, lens)
     cache = FeatureCache(tmp_path / "cache", upstream, layer_norm=layer_norm, batch_size=3)
+    forward_passes = count_forward_passes(upstream, monkeypatch)
     features = cache.load(dataset, progressbar=False)
+    assert forward_passes == [3, 1], "utterances of different lengths share a batch"
     featurizer.layer_norm = False  # the cache holds means of normalised frames already
     with torch.no_grad():
         logits = cached_logits(features, ids, featurizer, head)
     assert torch.allclose(logits, reference, atol=1e-5), (logits - reference).abs().max()
 
 
+def test_inexact_group_norm_is_extracted_one_length_at_a_time(tiny_encoder, tmp_path,
+                                                              monkeypatch):
+    """``exact_padding=False``: padding changes the features, so none is added."""
+    upstream = SSLUpstream(tiny_encoder("wav2vec2", "group"), exact_padding=False)
+    dataset = write_dataset(tmp_path, [16000, 9000, 16000, 12345])
+    forward_passes = count_forward_passes(upstream, monkeypatch)
+    features = FeatureCache(tmp_path / "cache", upstream, batch_size=3).load(
+        dataset, progressbar=False)
+    assert sorted(forward_passes) == [1, 1, 2]
+    for index, data_id in enumerate(dataset.data_ids):
+        sig = dataset[index]["sig"]
+        with torch.no_grad():
+            alone = pool_states(*upstream(sig[None]))[0]
+        assert torch.allclose(features[data_id], alone, atol=1e-5), data_id
+
+
 def test_cached_equals_on_the_fly_group_norm_equal_lengths(tiny_encoder, tmp_path):
-    """Group-norm front-end: exact when no padding is involved (1 s Speech Commands clips)."""
-    upstream = SSLUpstream(tiny_encoder("wav2vec2", "group"))
+    """Plain transformers' group norm: exact when no padding is involved (1 s clips)."""
+    upstream = SSLUpstream(tiny_encoder("wav2vec2", "group"), exact_padding=False)
     dataset = write_dataset(tmp_path, [16000] * 3 + [32000], crop=(5000, 21000))
     featurizer = WeightedLayerSum(upstream.num_states)
     head = UtteranceLevelHead(upstream.hidden_size, 3, projector_dim=8)

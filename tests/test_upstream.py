@@ -10,10 +10,13 @@ import transformers
 from rewire_lobes.upstream.encoder import (
     SSLUpstream,
     UpstreamLoadError,
+    ValidFrameGroupNormConvLayer,
     WeightedLayerSum,
     export_encoder,
+    _ValidFrameGroupNorm,
     frame_count,
 )
+from rewire_lobes.upstream.pooling import masked_mean
 
 FAMILIES = [
     ("wav2vec2", "group"),
@@ -24,8 +27,11 @@ FAMILIES = [
     ("wavlm", "layer"),
     ("data2vec-audio", "layer"),
 ]
-# data2vec-audio's positional conv stack sees padded frames even with a mask.
-PADDING_INVARIANT = [f for f in FAMILIES if f[1] == "layer" and f[0] != "data2vec-audio"]
+# What plain transformers (exact_padding=False) gets right: layer-norm front-ends with an
+# attention mask; data2vec-audio's positional conv stack sees padded frames even then.
+INVARIANT_WITHOUT_EXACT_PADDING = [
+    f for f in FAMILIES if f[1] == "layer" and f[0] != "data2vec-audio"
+]
 
 
 def reference_states(folder, wav):
@@ -50,8 +56,7 @@ def padded_batch(lengths, seed=0):
 def test_matches_transformers_per_state(tiny_encoder, model_type, norm):
     folder = tiny_encoder(model_type, norm)
     upstream = SSLUpstream(folder)
-    # The others see the padding, so they are compared on an unpadded batch.
-    lengths = [8000, 5600] if (model_type, norm) in PADDING_INVARIANT else [8000, 8000]
+    lengths = [8000, 5600]
     wavs, wav_lens = padded_batch(lengths)
     hidden, frame_lens = upstream(wavs, wav_lens)
 
@@ -68,7 +73,7 @@ def test_matches_transformers_per_state(tiny_encoder, model_type, norm):
         assert torch.all(hidden[:, i, valid:] == 0), "padded frames are zeroed"
 
 
-@pytest.mark.parametrize("model_type,norm", PADDING_INVARIANT)
+@pytest.mark.parametrize("model_type,norm", FAMILIES)
 def test_padding_changes_no_valid_output(tiny_encoder, model_type, norm):
     upstream = SSLUpstream(tiny_encoder(model_type, norm))
     wavs, _ = padded_batch([6400])
@@ -77,6 +82,110 @@ def test_padding_changes_no_valid_output(tiny_encoder, model_type, norm):
     batch, batch_lens = upstream(padded, torch.tensor([6400 / 10400]))
     assert batch_lens.tolist() == alone_lens.tolist()
     torch.testing.assert_close(batch[:, :, : alone.shape[2]], alone, atol=1e-4, rtol=0)
+
+
+def short_beside_long(seed=0):
+    """A 1 s clip alone, and the same clip padded in a batch beside a 3 s clip."""
+    generator = torch.Generator().manual_seed(seed)
+    short = torch.randn(16000, generator=generator) * 0.1
+    batch = torch.zeros(2, 48000)
+    batch[0, :16000] = short
+    batch[1] = torch.randn(48000, generator=generator) * 0.1
+    return short[None], batch, torch.tensor([1 / 3, 1.0])
+
+
+@pytest.mark.parametrize("model_type,norm", FAMILIES)
+def test_pooled_states_of_a_clip_batched_equal_alone(tiny_encoder, model_type, norm):
+    upstream = SSLUpstream(tiny_encoder(model_type, norm))
+    assert upstream.padding_invariant
+    short, batch, batch_lens = short_beside_long()
+    hidden, frame_lens = upstream(short)
+    alone = masked_mean(hidden, frame_lens)[:, 0]
+    hidden, frame_lens = upstream(batch, batch_lens)
+    batched = masked_mean(hidden, frame_lens)[:, 0]
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_type,norm", FAMILIES)
+def test_inexact_padding_is_plain_transformers(tiny_encoder, model_type, norm):
+    """``exact_padding=False``: padding does change the features where transformers lets it."""
+    folder = tiny_encoder(model_type, norm)
+    upstream = SSLUpstream(folder, exact_padding=False)
+    invariant = (model_type, norm) in INVARIANT_WITHOUT_EXACT_PADDING
+    assert upstream.padding_invariant == invariant
+    short, batch, batch_lens = short_beside_long()
+    hidden, frame_lens = upstream(short)
+    alone = masked_mean(hidden, frame_lens)[:, 0]
+    hidden, frame_lens = upstream(batch, batch_lens)
+    batched = masked_mean(hidden, frame_lens)[:, 0]
+    assert torch.allclose(batched, alone, atol=1e-5) == invariant
+    # Without padding both modes are transformers itself.
+    exact = SSLUpstream(folder)
+    wavs, wav_lens = padded_batch([8000, 8000])
+    torch.testing.assert_close(exact(wavs, wav_lens)[0], upstream(wavs, wav_lens)[0],
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("model_type", ["wav2vec2", "data2vec-audio"])
+def test_exact_padding_keeps_state_dict_and_export(tiny_encoder, tmp_path, model_type):
+    folder = tiny_encoder(model_type, "layer" if model_type == "data2vec-audio" else "group")
+    exact, plain = SSLUpstream(folder), SSLUpstream(folder, exact_padding=False)
+    if model_type == "wav2vec2":
+        assert isinstance(exact.model.feature_extractor.conv_layers[0],
+                          ValidFrameGroupNormConvLayer)
+    assert list(exact.model.state_dict()) == list(plain.model.state_dict())
+    assert list(exact.state_dict()) == list(plain.state_dict())
+    assert exact.content_hash() == plain.content_hash()
+    for upstream, name in ((exact, "exact"), (plain, "plain")):
+        upstream.save_pretrained(tmp_path / name)
+    for file in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (tmp_path / "exact" / file).read_bytes() == (tmp_path / "plain" / file).read_bytes()
+
+
+def test_valid_frame_group_norm_matches_group_norm_and_its_gradients(tiny_encoder):
+    layer = SSLUpstream(tiny_encoder("wav2vec2", "group")).model.feature_extractor.conv_layers[0]
+    layer = layer.double()
+    waveform = torch.randn(3, 1, 600, dtype=torch.double)
+    valid_samples = torch.tensor([600, 420, 100])
+    layer.valid_samples = valid_samples
+    batched = layer(waveform)
+    for row, samples in enumerate(valid_samples.tolist()):
+        layer.valid_samples = None  # transformers' GroupNorm over an unpadded clip
+        alone = layer(waveform[row:row + 1, :, :samples])
+        torch.testing.assert_close(batched[row:row + 1, :, : alone.shape[-1]], alone)
+
+    # The hand-written backward, padded frames' gradients included (they reach the stats).
+    conv_output = torch.randn(3, 4, 11, dtype=torch.double, requires_grad=True)
+    weight = torch.randn(4, dtype=torch.double, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.double, requires_grad=True)
+    valid_frames = torch.tensor([11, 7, 2])
+    assert torch.autograd.gradcheck(
+        lambda *inputs: _ValidFrameGroupNorm.apply(*inputs, valid_frames, 1e-5),
+        (conv_output, weight, bias))
+
+
+def test_exact_padding_gradients_are_those_of_each_clip_alone(tiny_encoder):
+    """The trainable CNN (valid-frame group norm included) gets exact gradients in a batch."""
+    upstream = SSLUpstream(tiny_encoder("hubert", "group"), freeze=False,
+                           freeze_feature_encoder=False).eval()  # no dropout: same masks
+    short, batch, batch_lens = short_beside_long()
+    targets = torch.randn(2, upstream.num_states, upstream.hidden_size,
+                          generator=torch.Generator().manual_seed(1))
+
+    def loss_of(wavs, wav_lens, rows):
+        hidden, frame_lens = upstream(wavs, wav_lens)
+        return (masked_mean(hidden, frame_lens).transpose(0, 1) * targets[rows]).sum()
+
+    loss_of(batch, batch_lens, [0, 1]).backward()
+    batched = {n: p.grad.clone() for n, p in upstream.named_parameters() if p.grad is not None}
+    upstream.zero_grad()
+    loss_of(short, None, [0]).backward()
+    loss_of(batch[1:], None, [1]).backward()
+    alone = {n: p.grad for n, p in upstream.named_parameters() if p.grad is not None}
+    assert batched.keys() == alone.keys()
+    assert batched["model.feature_extractor.conv_layers.0.layer_norm.weight"].abs().sum() > 0
+    for name in alone:
+        torch.testing.assert_close(batched[name], alone[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_last_state_is_encoder_output_after_final_norm(tiny_encoder):
@@ -127,18 +236,33 @@ def test_trainable_cnn_gets_gradients_when_asked(tiny_encoder):
     assert upstream.model.feature_extractor.conv_layers[0].conv.weight.grad.abs().sum() > 0
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(tiny_encoder):
-    folder = tiny_encoder("wav2vec2", "layer")
-    wavs, wav_lens = padded_batch([4000, 3000])
+@pytest.mark.parametrize("norm", ["layer", "group"])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_encoder, norm):
+    """Two batches of other paddings before one backward: each recomputation uses its own."""
+    folder = tiny_encoder("wav2vec2", norm)
+    batches = [padded_batch([4000, 3000]), padded_batch([2400, 5000, 3600], seed=1)]
     grads = []
     for checkpointing in (False, True):
-        upstream = SSLUpstream(folder, freeze=False, dropout=0.0,
+        upstream = SSLUpstream(folder, freeze=False, dropout=0.0, freeze_feature_encoder=False,
                                gradient_checkpointing=checkpointing)
-        upstream.train()
-        hidden, _ = upstream(wavs, wav_lens)
-        hidden.pow(2).mean().backward()
-        grads.append(upstream.model.encoder.layers[1].feed_forward.output_dense.weight.grad)
-    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+        upstream.train()  # checkpointing is off in eval mode
+        torch.manual_seed(0)  # activation dropout stays on; checkpointing replays its masks
+        loss = sum(upstream(wavs, wav_lens)[0].pow(2).mean() for wavs, wav_lens in batches)
+        loss.backward()
+        grads.append({n: p.grad for n, p in upstream.named_parameters()})
+    for name in ("model.encoder.layers.1.feed_forward.output_dense.weight",
+                 "model.feature_extractor.conv_layers.0.conv.weight"):
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_masked_mean_ignores_padded_frames_and_keeps_leading_dims():
+    frames = torch.randn(3, 2, 6, 4)
+    frames[:, 1, 2:] = 1e3  # padding need not be zero
+    pooled = masked_mean(frames, torch.tensor([6, 2]))
+    assert pooled.shape == (3, 2, 4)
+    torch.testing.assert_close(pooled[:, 1], frames[:, 1, :2].mean(dim=1))
+    torch.testing.assert_close(masked_mean(frames[0], torch.tensor([6, 2])), pooled[0])
+    assert torch.equal(masked_mean(frames[0], torch.tensor([0, 2]))[0], torch.zeros(4))
 
 
 def test_weighted_sum_starts_as_layer_mean():

@@ -22,8 +22,18 @@ CPU (default): the embedded encoder (``assets/encoder``, or its random stand-in)
 mini LibriSpeech corpus. GPU (when CUDA is available): a randomly initialised
 wav2vec2-large-lv60-shaped encoder (24 layers, 1024 wide) in bf16 autocast.
 
+``--padding_cost`` measures instead what exact padding costs (``SSLUpstream``'s
+``exact_padding``, default on): in one process, the ``batched`` update (forward and
+backward of 2B = 8 views, the recipe's settings: dropout 0.1, CNN trained) with
+``exact_padding=False`` and ``True``, on the same batches with the same dropout masks,
+``--repeats`` times each, interleaved (ABBA) so that drift in the machine's load hits
+both; the load average is recorded around every repeat. Its encoder defaults to
+``assets/encoder`` on every device, since exact padding changes only group-norm and
+data2vec-audio encoders.
+
     python utils/bench_rewire.py                      # CPU, writes results/bench/rewire_cpu.json
     python utils/bench_rewire.py --tts --with_plain64
+    python utils/bench_rewire.py --padding_cost       # writes rewire_padding_cpu.json
 """
 
 import argparse
@@ -65,6 +75,10 @@ def parse_args(argv):
     parser.add_argument("--with_plain64", action="store_true")
     parser.add_argument("--tts", action="store_true", help="also time the neutral TTS")
     parser.add_argument("--tts_utterances", type=int, default=40)
+    parser.add_argument("--padding_cost", action="store_true",
+                        help="only time exact_padding=False against True, in this process")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed repeats of each padding mode (--padding_cost)")
     parser.add_argument("--output", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work_dir", default=None, help=argparse.SUPPRESS)
@@ -181,6 +195,112 @@ def run_variant(args):
     }
 
 
+# ---------------------------------------------------------------------------- padding cost
+
+
+def time_padding_cost(args, source, work_dir):
+    """Seconds per update with ``exact_padding`` off and on: same process, same batches."""
+    import statistics
+
+    import torch
+
+    from rewire_lobes.rewiring.brain import trainable_parameters
+    from rewire_lobes.rewiring.contrastive import encode_views, info_nce, pool_utterances
+    from rewire_lobes.upstream.encoder import SSLUpstream
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    upstreams = {}
+    for exact in (False, True):
+        upstream = SSLUpstream(source, freeze=False, dropout=0.1, freeze_feature_encoder=False,
+                               exact_padding=exact).to(device).train()
+        trainable_parameters(upstream)
+        upstreams[exact] = upstream
+    batches = load_views(work_dir, 4, args.updates + 1, device)
+
+    def update(upstream, views, seed):
+        """Forward and backward; no optimizer step, so both modes keep the same weights."""
+        torch.manual_seed(seed)  # the same dropout masks in both modes
+
+        def encode(wavs, rel_lens):
+            with autocast:
+                hidden, frame_lens = upstream(wavs, rel_lens)
+                return pool_utterances(hidden, frame_lens)
+
+        embeddings = encode_views(encode, views)
+        half = len(views) // 2
+        loss = info_nce(embeddings[:half], embeddings[half:])
+        loss.backward()
+        upstream.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for upstream in upstreams.values():
+        update(upstream, batches[0], seed=0)  # warm-up
+    runs, losses = [], {}
+    for repeat in range(args.repeats):
+        for exact in (False, True) if repeat % 2 == 0 else (True, False):
+            load_before = os.getloadavg()
+            sync()
+            start, cpu_start = time.perf_counter(), time.process_time()
+            losses[exact] = [update(upstreams[exact], views, seed=index)
+                             for index, views in enumerate(batches[1:], start=1)]
+            sync()
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+            runs.append({"exact_padding": exact, "repeat": repeat,
+                         "seconds_per_update": seconds / args.updates,
+                         "cpu_seconds_per_update": cpu_seconds / args.updates,
+                         "load_before": load_before, "load_after": os.getloadavg()})
+    # CPU time as well as wall time: on a shared machine it is the steadier of the two.
+    summary, ratios = {}, {}
+    for clock in ("seconds_per_update", "cpu_seconds_per_update"):
+        for exact in (False, True):
+            per_update = [r[clock] for r in runs if r["exact_padding"] == exact]
+            summary.setdefault(str(exact), {})[clock] = {
+                "median": statistics.median(per_update), "min": min(per_update),
+                "max": max(per_update)}
+        pairs = [(plain[clock], exact[clock]) for plain, exact in
+                 zip([r for r in runs if not r["exact_padding"]],
+                     [r for r in runs if r["exact_padding"]])]
+        per_repeat = [exact / plain for plain, exact in pairs]
+        ratios[clock] = {"median": statistics.median(per_repeat), "min": min(per_repeat),
+                         "max": max(per_repeat)}
+    valid = sum(v.shape[-1] for views in batches[1:] for v in views)
+    padded = sum(len(views) * max(v.shape[-1] for v in views) for views in batches[1:])
+    return {
+        "updates_per_repeat": args.updates,
+        "pairs_per_update": 4,
+        "view_audio_s_per_update": valid / 16000 / args.updates,
+        "padding_share": 1 - valid / padded,
+        "runs": runs,
+        "summary": summary,
+        "exact_over_plain_ratio": ratios,
+        "final_losses": {str(k): v for k, v in losses.items()},
+    }
+
+
+def padding_table(result):
+    cost = result["padding_cost"]
+    lines = ["| exact_padding | wall s/update: median (min-max) | CPU s/update: median (min-max) |",
+             "|---|---|---|"]
+    for exact, row in cost["summary"].items():
+        wall, cpu = row["seconds_per_update"], row["cpu_seconds_per_update"]
+        lines.append(f"| {exact} | {wall['median']:.2f} ({wall['min']:.2f}-{wall['max']:.2f}) | "
+                     f"{cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f}) |")
+    for clock, name in (("seconds_per_update", "wall"), ("cpu_seconds_per_update", "CPU")):
+        ratio = cost["exact_over_plain_ratio"][clock]
+        lines.append(f"exact / plain, {name} time per update: median {ratio['median']:.3f} "
+                     f"(per repeat {ratio['min']:.3f}-{ratio['max']:.3f})")
+    loads = [r["load_before"][0] for r in cost["runs"]] + [r["load_after"][0] for r in cost["runs"]]
+    lines.append(f"padding share of the batches {cost['padding_share']:.1%}; "
+                 f"1-min load average {min(loads):.2f}-{max(loads):.2f}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- TTS
 
 
@@ -224,8 +344,7 @@ def prepare(args, work_dir):
 
     from rewire_lobes.runs.defaults import resolve_upstream_source
 
-    prepare_librispeech_rewire(args.data_folder, work_dir,
-                               embedded_data_folder="data/mini/LibriSpeech")
+    prepare_librispeech_rewire(args.data_folder, work_dir)  # data/mini: generated when absent
     if args.upstream_source:
         return resolve_upstream_source(args.upstream_source, REPO / "results")
     if args.device == "cuda":
@@ -254,9 +373,20 @@ def main(argv):
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.padding_cost and not args.upstream_source:
+        args.upstream_source = "assets/encoder"
     work_dir = Path(tempfile.mkdtemp(prefix="bench-rewire-"))
     try:
         source = prepare(args, work_dir)
+        if args.padding_cost:
+            result = {
+                "date": datetime.date.today().isoformat(),
+                "command": "python utils/bench_rewire.py " + " ".join(argv),
+                "machine": describe_machine(args.device),
+                "encoder": source,
+                "padding_cost": time_padding_cost(args, source, work_dir),
+            }
+            return write_result(args, result, padding_table(result), "rewire_padding")
         variants = ["paper", "batched", "gradcache"] + (["plain64"] if args.with_plain64 else [])
         rows = []
         for name in variants:
@@ -283,11 +413,14 @@ def main(argv):
             result["tts"] = time_tts(work_dir, args.tts_utterances)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+    write_result(args, result, table(result), "rewire")
 
-    print(table(result))
-    output = Path(args.output or REPO / "results" / "bench" / f"rewire_{args.device}.json")
+
+def write_result(args, result, text, stem):
     from rewire_lobes.io_utils import write_json_atomic
 
+    print(text)
+    output = Path(args.output or REPO / "results" / "bench" / f"{stem}_{args.device}.json")
     write_json_atomic(output, result)
     print(f"written to {output}")
 

@@ -17,10 +17,12 @@ paths, crop offsets, file sizes and times, audio pipeline) and the layer-norm fl
 different encoder or a changed file never reads stale vectors. Files are written
 atomically.
 
-Exactness under padding: encoders with a layer-norm front-end get an attention mask, so
-padded batches give the same valid frames; group-norm front-ends (the Base models)
-normalise over the padded time axis, so extraction batches only utterances of identical
-length (most Speech Commands clips are exactly 1 s) and runs the rest one by one.
+Exactness under padding: ``SSLUpstream`` gives an utterance the same features alone or
+in a padded batch (its default ``exact_padding``; see its docstring), so extraction batches
+utterances of any lengths, sorted by length to keep padding, and so work, small. An
+upstream built with ``exact_padding=False`` whose features do depend on padding (a
+group-norm front-end, data2vec-audio) is batched only over utterances of identical length
+and runs the rest one by one.
 """
 
 import hashlib
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rewire_lobes.io_utils import atomic_path
+from rewire_lobes.upstream.pooling import masked_mean
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +46,7 @@ def pool_states(hidden, frame_lens, layer_norm=False):
     """Per-layer mean over the valid frames: ``[L+1, B, T, D]`` → ``[B, L+1, D]``."""
     if layer_norm:
         hidden = F.layer_norm(hidden, hidden.shape[-1:])
-    steps = torch.arange(hidden.shape[2], device=hidden.device)
-    mask = (steps[None, :] < frame_lens[:, None].to(hidden.device)).to(hidden.dtype)
-    total = torch.einsum("lbtd,bt->bld", hidden, mask)
-    return total / mask.sum(dim=1).clamp(min=1.0)[:, None, None]
+    return masked_mean(hidden, frame_lens).transpose(0, 1)
 
 
 def manifest_fingerprint(dataset, pipeline_tag="", columns=("wav", "start", "stop")):
@@ -165,9 +165,7 @@ class FeatureCache:
         """Runs the frozen upstream over ``dataset``: ``(ids, float32 [N, L+1, D])``."""
         device = next(self.upstream.parameters()).device
         self.upstream.eval()
-        # data2vec-audio's positional convolutions see padded frames even with a mask.
-        exact_padding = (self.upstream.pass_attention_mask
-                         and self.upstream.config.model_type != "data2vec-audio")
+        padding_invariant = self.upstream.padding_invariant
         order = sorted(dataset.data_ids, key=lambda i: float(dataset.data[i].get("duration", 0)))
         vectors = {}
         batch = []
@@ -191,7 +189,7 @@ class FeatureCache:
                                 dynamic_ncols=True):
                 sig = dataset[position[data_id]]["sig"]
                 if batch and (len(batch) >= self.batch_size
-                              or (not exact_padding and len(sig) != len(batch[0][1]))):
+                              or (not padding_invariant and len(sig) != len(batch[0][1]))):
                     flush()
                 batch.append((data_id, sig))
             if batch:

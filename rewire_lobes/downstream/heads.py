@@ -10,13 +10,7 @@ averaging then projecting: the head therefore also accepts features already mean
 import torch
 from torch import nn
 
-
-def masked_mean(frames, lengths):
-    """Mean over the valid frames of ``frames [B, T, D]``; ``lengths`` counts frames (int)."""
-    steps = torch.arange(frames.shape[1], device=frames.device)
-    mask = (steps[None, :] < lengths[:, None].to(frames.device)).to(frames.dtype)
-    total = torch.einsum("btd,bt->bd", frames, mask)
-    return total / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+from rewire_lobes.upstream.pooling import masked_mean
 
 
 class UtteranceLevelHead(nn.Module):

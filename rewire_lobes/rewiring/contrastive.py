@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from rewire_lobes.upstream.pooling import masked_mean
+
 STRATEGIES = ("twin", "neutral", "mixed")
 MAX_SAMPLES = 180_000  # longer utterances are skipped (paper §3.1)
 SPLIT_SAMPLES = 90_000  # longer ones are halved (appendix B)
@@ -190,8 +192,6 @@ def pool_utterances(hidden, frame_lens, layers="all"):
 
     ``layers="all"`` averages all ``L+1`` states uniformly (the paper's code: s3prl's
     featurizer with its softmax weights left at zero); ``"last"`` takes the last one.
-    Padded frames of ``hidden`` are zero (``SSLUpstream``'s contract), so a sum divided by
-    the valid frame count is the mean over valid frames.
     """
     if layers == "all":
         states = hidden.float().mean(dim=0)
@@ -199,8 +199,7 @@ def pool_utterances(hidden, frame_lens, layers="all"):
         states = hidden[-1].float()
     else:
         raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
-    counts = frame_lens.clamp(min=1).to(states.dtype)[:, None]
-    return states.sum(dim=1) / counts
+    return masked_mean(states, frame_lens)
 
 
 def info_nce(anchors, positives, temperature=0.04, symmetric=True):

@@ -10,6 +10,14 @@ hidden state, as s3prl's upstreams do (``superb_protocol.md`` §0.2):
   index ``L`` the encoder output *after* its final layer norm) and the valid frame count
   of each utterance.
 
+Padding changes no valid output (``exact_padding=True``, the default): an utterance gets
+the same features alone or padded beside longer ones, for every supported family. Two
+modules of transformers would otherwise see the padding, and are replaced by versions
+that own the same submodules (same ``state_dict``, same export) but only read valid
+frames: the group-norm first conv layer of the Base-style CNN front-ends
+(:class:`ValidFrameGroupNormConvLayer`) and data2vec-audio's stacked positional
+convolutions (:class:`ValidFramePositionalConvEmbedding`).
+
 ``WeightedLayerSum`` is s3prl's featurizer; ``export_encoder`` writes an encoder directory
 that transformers, s3prl's HF upstream and ``SSLUpstream`` all load.
 """
@@ -26,7 +34,9 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
+from rewire_lobes.errors import UserError
 from rewire_lobes.io_utils import atomic_dir
 
 logger = logging.getLogger(__name__)
@@ -45,7 +55,7 @@ RUNTIME_CONFIG_KEYS = (
 )
 
 
-class UpstreamLoadError(OSError):
+class UpstreamLoadError(UserError, OSError):
     """The encoder could not be loaded; the message says what to pass instead."""
 
 
@@ -153,10 +163,11 @@ def read_do_normalize(source):
 
 
 def uses_layer_norm_extractor(config):
-    """Layer-norm CNN front-ends (Large models, data2vec-audio) take an attention mask.
+    """Layer-norm CNN front-ends (Large models, data2vec-audio) normalise each frame alone.
 
-    Group-norm front-ends (Base models) normalise over the padded time axis, so padding
-    changes their features with or without a mask; transformers advises passing none.
+    Group-norm front-ends (Base models) normalise their first conv layer over the whole
+    time axis, padding included; plain transformers therefore advises padding them with
+    zeros and passing no attention mask (``SSLUpstream`` makes them exact instead).
     """
     return getattr(config, "feat_extract_norm", "layer") == "layer"
 
@@ -167,6 +178,165 @@ def frame_count(config, num_samples):
     for kernel, stride in zip(config.conv_kernel, config.conv_stride):
         lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
     return lengths.clamp(min=0)
+
+
+class _ValidFrameGroupNorm(torch.autograd.Function):
+    """One-group-per-channel norm of ``x [B, C, T]`` with statistics over ``valid_frames``.
+
+    Every frame, padded or not, is normalised with its utterance's valid-frame statistics.
+    The backward pass is written out: the same computation in autograd-tracked tensor
+    ops makes a dozen passes over this layer's output, the largest activation of the CNN,
+    and costs several times native GroupNorm.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, valid_frames, eps):
+        variance, mean = x.new_empty(x.shape[:2]), x.new_empty(x.shape[:2])
+        lengths = valid_frames.tolist()
+        for row, length in enumerate(lengths):
+            variance[row], mean[row] = torch.var_mean(x[row, :, :length], dim=-1, correction=0)
+        rstd = torch.rsqrt(variance + eps)
+        scale = rstd * weight
+        shift = bias - mean * scale
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.lengths = lengths
+        return torch.addcmul(shift[..., None], x, scale[..., None])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        x, mean, rstd, weight = ctx.saved_tensors
+        # Padded outputs use the valid frames' statistics too, so their gradient counts.
+        sum_grad = grad_output.sum(dim=-1)
+        sum_grad_x = torch.einsum("bct,bct->bc", grad_output, x)
+        sum_grad_normed = rstd * (sum_grad_x - mean * sum_grad)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            counts = torch.tensor(ctx.lengths, dtype=x.dtype, device=x.device)[:, None]
+            weighted_rstd = weight * rstd
+            slope = -weighted_rstd * rstd * sum_grad_normed / counts
+            offset = -weighted_rstd * sum_grad / counts - slope * mean
+            # Through the statistics, only valid frames get a gradient.
+            grad_x = torch.addcmul(offset[..., None], slope[..., None], x)
+            for row, length in enumerate(ctx.lengths):
+                grad_x[row, :, length:] = 0
+            grad_x.addcmul_(grad_output, weighted_rstd[..., None])
+        return grad_x, sum_grad_normed.sum(dim=0), sum_grad.sum(dim=0), None, None
+
+
+class ValidFrameGroupNormConvLayer(GradientCheckpointingLayer):
+    """transformers' ``*GroupNormConvLayer`` (conv → GroupNorm → activation) over valid frames.
+
+    The group norm has one group per channel, so it normalises each channel of each
+    utterance over time; transformers does so over the padded time axis, which makes the
+    features depend on the longest utterance of the batch. Here the statistics are taken
+    over the valid output frames only (the conv arithmetic applied to ``valid_samples``).
+    The later conv layers have neither norm nor padding, so their valid frames depend on
+    valid inputs only: the whole CNN front-end becomes padding-invariant.
+
+    The layer owns the original ``conv``, ``layer_norm`` and ``activation`` under the
+    same names, so ``state_dict`` keys and ``save_pretrained`` output do not change.
+    ``valid_samples`` (``[B]`` sample counts) is set by ``SSLUpstream`` around each
+    forward pass; ``None`` (a bare call of the model), or a batch without padding, runs
+    transformers' own GroupNorm.
+
+    Arguments
+    ---------
+    layer : nn.Module
+        The ``*GroupNormConvLayer`` to take the modules from.
+    """
+
+    def __init__(self, layer):
+        super().__init__()
+        norm = layer.layer_norm
+        if norm.num_groups != norm.num_channels or not norm.affine:
+            raise ValueError(
+                f"{type(layer).__name__}: expected an affine GroupNorm with one group per "
+                f"channel, got {norm.num_groups} groups of {norm.num_channels} channels"
+            )
+        self.in_conv_dim = layer.conv.in_channels
+        self.out_conv_dim = layer.conv.out_channels
+        self.conv = layer.conv
+        self.layer_norm = norm
+        self.activation = layer.activation
+        self.gradient_checkpointing = layer.gradient_checkpointing
+        self.valid_samples = None
+
+    def __call__(self, hidden_states):
+        # The lengths travel as an argument: a checkpointed layer recomputed in the
+        # backward pass must use this call's lengths, not those of a later batch.
+        return super().__call__(hidden_states, valid_samples=self.valid_samples)
+
+    def forward(self, hidden_states, valid_samples=None):
+        hidden_states = self.conv(hidden_states)
+        num_frames = hidden_states.shape[-1]
+        valid_frames = None
+        if valid_samples is not None:
+            kernel, stride = self.conv.kernel_size[0], self.conv.stride[0]
+            valid_frames = torch.div(valid_samples - kernel, stride, rounding_mode="floor") + 1
+            valid_frames = valid_frames.clamp(1, num_frames)
+        if valid_frames is None or bool((valid_frames == num_frames).all()):
+            hidden_states = self.layer_norm(hidden_states)
+        else:
+            # At least float32, as autocast runs GroupNorm.
+            dtype = torch.promote_types(hidden_states.dtype, torch.float32)
+            with torch.autocast(hidden_states.device.type, enabled=False):
+                hidden_states = _ValidFrameGroupNorm.apply(
+                    hidden_states.to(dtype), self.layer_norm.weight.to(dtype),
+                    self.layer_norm.bias.to(dtype), valid_frames, self.layer_norm.eps,
+                )
+        return self.activation(hidden_states)
+
+
+class ValidFramePositionalConvEmbedding(nn.Module):
+    """data2vec-audio's stacked positional convolutions, with padded frames zeroed between layers.
+
+    The encoder zeroes padded frames before the first positional conv, whose zero padding
+    then matches an unpadded utterance's; but each layer ends in a layer norm and an
+    activation, which make padded frames non-zero for the next layer. Zeroing them before
+    every layer keeps each layer's input what it would be without padding. Owns the
+    original ``layers``, so the ``state_dict`` does not change; ``valid_frames`` is set
+    by ``SSLUpstream`` around each forward pass (``None``: transformers' behaviour).
+
+    Arguments
+    ---------
+    embedding : nn.Module
+        The ``Data2VecAudioPositionalConvEmbedding`` to take the layers from.
+    """
+
+    def __init__(self, embedding):
+        super().__init__()
+        self.layers = embedding.layers
+        self.valid_frames = None
+
+    def forward(self, hidden_states):
+        hidden_states = hidden_states.transpose(1, 2)
+        if self.valid_frames is None:
+            for layer in self.layers:
+                hidden_states = layer(hidden_states)
+        else:
+            steps = torch.arange(hidden_states.shape[-1], device=hidden_states.device)
+            frame_mask = (steps < self.valid_frames[:, None]).to(hidden_states.dtype)[:, None]
+            for layer in self.layers:
+                hidden_states = layer(hidden_states * frame_mask)
+        return hidden_states.transpose(1, 2)
+
+
+def make_padding_exact(model):
+    """Swaps in the valid-frame versions of the modules that see padding; returns them.
+
+    Returns ``(first_conv_layer, positional_conv)``, each ``None`` where the model has
+    nothing to replace (layer-norm front-ends; every family but data2vec-audio).
+    """
+    first_conv_layer = positional_conv = None
+    conv_layers = model.feature_extractor.conv_layers
+    if not uses_layer_norm_extractor(model.config):
+        first_conv_layer = conv_layers[0] = ValidFrameGroupNormConvLayer(conv_layers[0])
+    if model.config.model_type == "data2vec-audio":
+        encoder = model.encoder
+        positional_conv = ValidFramePositionalConvEmbedding(encoder.pos_conv_embed)
+        encoder.pos_conv_embed = positional_conv
+    return first_conv_layer, positional_conv
 
 
 class SSLUpstream(nn.Module):
@@ -190,13 +360,20 @@ class SSLUpstream(nn.Module):
         Trainable mode only: keep the encoder's own time/feature masking (its config's
         ``mask_time_prob`` ...), as a transformers model in train mode does. Off by
         default: the paper describes no such masking during rewiring.
+    exact_padding : bool
+        Padding changes no valid output, for every family (see below). ``False`` is
+        plain transformers' behaviour, kept to measure what exactness costs: group-norm
+        front-ends then normalise over the padded time axis and get no attention mask,
+        and data2vec-audio's positional convolutions see padded frames.
 
-    Padding: the waveform is zero-padded and normalised over its valid samples only. For
-    layer-norm front-ends an attention mask is passed, so padding changes no valid output
-    of wav2vec2, HuBERT and WavLM Large-style encoders. Group-norm front-ends (the Base
-    models) normalise over the padded time axis, and data2vec-audio's stacked positional
-    convolutions see the padded frames: for those, padding *does* change the features, so
-    sort batches by length to keep padding small (or encode one utterance at a time).
+    Padding: the waveform is zero-padded and normalised over its valid samples only, and
+    the encoder gets an attention mask (it zeroes padded frames before the positional
+    convolution, whose zero padding then matches an unpadded utterance's, and attention
+    skips them). With ``exact_padding`` the group-norm first conv layer of Base-style
+    front-ends normalises over valid frames only, and data2vec-audio's stacked positional
+    convolutions re-zero padded frames between layers: an utterance's features are the
+    same (to float rounding) alone or in any padded batch. :attr:`padding_invariant`
+    says whether that holds.
 
     Example
     -------
@@ -216,6 +393,7 @@ class SSLUpstream(nn.Module):
         freeze_feature_encoder=True,
         gradient_checkpointing=False,
         spec_augment=False,
+        exact_padding=True,
     ):
         super().__init__()
         self.source = str(source)
@@ -227,7 +405,11 @@ class SSLUpstream(nn.Module):
         self._configure(config, dropout)
         self.model = load_encoder_model(self.source, config)
         self._disable_stochastic_depth_and_masking()
-        self.pass_attention_mask = uses_layer_norm_extractor(config)
+        self.exact_padding = exact_padding
+        # A tuple, not submodules: the modules already belong to self.model's state_dict.
+        self._valid_frame_modules = (make_padding_exact(self.model) if exact_padding
+                                     else (None, None))
+        self.pass_attention_mask = exact_padding or uses_layer_norm_extractor(config)
 
         if freeze:
             self.model.eval()
@@ -267,6 +449,14 @@ class SSLUpstream(nn.Module):
         return self.model.config
 
     @property
+    def padding_invariant(self):
+        """Whether an utterance's features are the same alone and in a padded batch."""
+        if self.exact_padding:
+            return True
+        return (uses_layer_norm_extractor(self.config)
+                and self.config.model_type != "data2vec-audio")
+
+    @property
     def num_states(self):
         """``L + 1``: the CNN/projection output plus one state per transformer layer."""
         return self.model.config.num_hidden_layers + 1
@@ -302,11 +492,12 @@ class SSLUpstream(nn.Module):
         if self.do_normalize:
             wavs = normalize_waveforms(wavs, sample_mask, sample_lens)
 
-        output = self.model(
-            wavs,
-            attention_mask=sample_mask.long() if self.pass_attention_mask else None,
-            output_hidden_states=True,
-        )
+        with self._valid_lengths(sample_lens):
+            output = self.model(
+                wavs,
+                attention_mask=sample_mask.long() if self.pass_attention_mask else None,
+                output_hidden_states=True,
+            )
         states = list(output.hidden_states)
         if len(states) != self.num_states:
             raise RuntimeError(
@@ -322,6 +513,22 @@ class SSLUpstream(nn.Module):
         frame_mask = torch.arange(hidden.shape[2], device=wavs.device)[None, :] < frame_lens[:, None]
         hidden = hidden * frame_mask[None, :, :, None].to(hidden.dtype)
         return hidden, frame_lens
+
+    @contextlib.contextmanager
+    def _valid_lengths(self, sample_lens):
+        """Hands the valid lengths to the valid-frame modules for one forward pass."""
+        first_conv_layer, positional_conv = self._valid_frame_modules
+        if first_conv_layer is not None:
+            first_conv_layer.valid_samples = sample_lens
+        if positional_conv is not None:
+            positional_conv.valid_frames = frame_count(self.model.config, sample_lens)
+        try:
+            yield
+        finally:
+            if first_conv_layer is not None:
+                first_conv_layer.valid_samples = None
+            if positional_conv is not None:
+                positional_conv.valid_frames = None
 
     def content_hash(self):
         """sha256 over the weights (names, dtypes, shapes, bytes): the encoder's identity."""
@@ -484,6 +691,8 @@ def describe_encoder(upstream):
 
 __all__ = [
     "SSLUpstream",
+    "ValidFrameGroupNormConvLayer",
+    "ValidFramePositionalConvEmbedding",
     "WeightedLayerSum",
     "UpstreamLoadError",
     "export_encoder",
