@@ -20,7 +20,6 @@ from rewire_lobes.downstream.frame_cache import (
     FrameCacheError,
     frame_batch,
     frame_feature_pipeline,
-    padding_is_exact,
 )
 from rewire_lobes.upstream.encoder import SSLUpstream, WeightedLayerSum
 
@@ -118,7 +117,7 @@ def test_padded_cached_batch_gives_the_on_the_fly_logits(tiny_encoder, tmp_path,
     (its cache is still exact per utterance, see the test above).
     """
     upstream = SSLUpstream(tiny_encoder("wav2vec2", norm))
-    if not padding_is_exact(upstream):
+    if not upstream.padding_invariant:
         pytest.skip("this SSLUpstream's group-norm padded batches are not exact")
     dataset = write_dataset(tmp_path)
     features = FrameCache(tmp_path / "cache", upstream, batch_size=2).load(

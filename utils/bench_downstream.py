@@ -35,7 +35,7 @@ from rewire_lobes.downstream.features import FeatureCache
 from rewire_lobes.downstream.heads import UtteranceLevelHead
 from rewire_lobes.data.manifests import write_manifest
 from rewire_lobes.upstream.encoder import SSLUpstream, WeightedLayerSum, describe_encoder, save_random_encoder
-from rewire_lobes.downstream.utterance import audio_pipeline
+from rewire_lobes.downstream.dataio import audio_pipeline
 
 
 def parse_args(argv):

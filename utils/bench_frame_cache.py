@@ -31,7 +31,7 @@ import torch
 
 from rewire_lobes.data.audio import load_audio
 from rewire_lobes.data.manifests import write_manifest
-from rewire_lobes.downstream.frame_cache import FrameCache, bytes_per_hour, padding_is_exact
+from rewire_lobes.downstream.frame_cache import FrameCache, bytes_per_hour
 from rewire_lobes.upstream.encoder import SSLUpstream
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ def main(argv):
         "encoder": {"source": args.upstream_source, "num_states": upstream.num_states,
                     "hidden_size": upstream.hidden_size,
                     "parameters": sum(p.numel() for p in upstream.parameters()),
-                    "padding_exact": padding_is_exact(upstream)},
+                    "padding_exact": upstream.padding_invariant},
         "data": {"split": args.split, "utterances": len(dataset),
                  "audio_seconds": audio_seconds},
         "dtype": args.dtype,

@@ -29,7 +29,7 @@ sizes and what to do instead.
 
 Exactness under padding: as in ``FeatureCache.extract``, utterances of different lengths
 share an extraction batch only when padding changes no valid frame
-(:func:`padding_is_exact`); other encoders batch only equal-length utterances. The cached
+(``SSLUpstream.padding_invariant``); other encoders batch only equal-length utterances. The cached
 frames are therefore those of each utterance encoded alone.
 """
 
@@ -134,20 +134,6 @@ def _storage_dtype(dtype):
 
 def _source(row):
     return "\0".join(str(row.get(column, "")) for column in SOURCE_COLUMNS)
-
-
-def padding_is_exact(upstream):
-    """Whether padded batches give each utterance's valid frames exactly (as if alone).
-
-    ``SSLUpstream.padding_invariant`` where the upstream says so; otherwise the rule of
-    ``FeatureCache.extract`` for a plain transformers encoder: layer-norm front-ends get
-    an attention mask, while group-norm ones normalise over the padded time axis and
-    data2vec-audio's positional convolutions see padded frames even with a mask.
-    """
-    invariant = getattr(upstream, "padding_invariant", None)
-    if invariant is not None:
-        return bool(invariant)
-    return bool(upstream.pass_attention_mask) and upstream.config.model_type != "data2vec-audio"
 
 
 class FrameFeatures:
@@ -435,7 +421,7 @@ class FrameCache:
     def _extract(self, dataset, folder, manifest_hash, samples, progressbar):
         device = next(self.upstream.parameters()).device
         self.upstream.eval()
-        exact = padding_is_exact(self.upstream)
+        exact = self.upstream.padding_invariant
         storage = torch.float16 if self.dtype == "float16" else torch.float32
         allowed = self.allowed_bytes
         order = sorted(dataset.data_ids, key=lambda data_id: samples[data_id])
@@ -598,5 +584,4 @@ __all__ = [
     "cache_bytes",
     "bytes_per_hour",
     "utterance_samples",
-    "padding_is_exact",
 ]

@@ -416,7 +416,9 @@ class SSLUpstream(nn.Module):
             self.model.requires_grad_(False)
         else:
             if freeze_feature_encoder:
-                self.model.feature_extractor.requires_grad_(False)
+                # transformers' own switch, so that the CNN is neither checkpointed nor
+                # given an input that requires grad (requires_grad_ alone does neither).
+                self.model.freeze_feature_encoder()
             if gradient_checkpointing:
                 self.model.activation_checkpointing_enable()
 
