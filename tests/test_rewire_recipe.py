@@ -217,7 +217,7 @@ def test_the_embedded_default_gets_the_embedded_profile(tmp_path, tiny_encoder):
     assert (given["lr"], given["max_steps"]) == (3e-5, 20)
     forced = load("twin.yaml", *common, "--output_folder", tmp_path / "c", "--run_profile", "paper")
     assert (forced["lr"], forced["max_steps"]) == (1e-6, 1700)
-    assert forced["profile_reason"] == "requested"
+    assert forced["profile_reason"] == "requested with --run_profile"
 
 
 def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path, tiny_encoder):

@@ -238,7 +238,8 @@ def load_recipe_hparams(argv, identity_extras=None):
     if "run_profile" in hparams:
         chosen, reason = choose_profile("auto", hparams["upstream_source"],
                                         hparams.get("data_folder"))
-        hparams["profile_reason"] = reason if chosen == hparams["run_profile"] else "--run_profile"
+        hparams["profile_reason"] = (reason if chosen == hparams["run_profile"]
+                                  else "requested with --run_profile")
     keys = hparams.get("run_identity_keys")
     if keys:
         extra = standard_identity(hparams, run_opts)
