@@ -56,6 +56,19 @@ def test_a_rerun_with_another_lr_is_refused_naming_it(real_encoder, tmp_path):
                              "--grad_accumulation_factor", "2"])
 
 
+def test_a_folder_without_an_identity_record_is_not_continued(tmp_path):
+    from rewire_lobes.runs.identity import claim_run_folder
+
+    old_run = tmp_path / "old"
+    (old_run / "save" / "CKPT+1").mkdir(parents=True)  # a run made by older code
+    (old_run / "save" / "CKPT+1" / "head.ckpt").write_bytes(b"weights")
+    with pytest.raises(RunFolderError, match="no run_identity.json"):
+        claim_run_folder(old_run, {"lr": 0.001})
+    (tmp_path / "new" / "save").mkdir(parents=True)  # empty folders (the yaml makes save/)
+    claim_run_folder(tmp_path / "new", {"lr": 0.001})
+    assert json.loads((tmp_path / "new" / "run_identity.json").read_text()) == {"lr": 0.001}
+
+
 # ---------------------------------------------------------------------- 2. provenance
 def test_strategy_is_read_from_the_rewiring_record(real_encoder, tmp_path):
     data = str(tmp_path / "data")

@@ -47,6 +47,9 @@ def differences(previous, identity):
 def claim_run_folder(folder, identity):
     """Records ``identity`` in ``folder``; raises :class:`RunFolderError` if it holds another.
 
+    A folder that holds files but no identity record is refused too: whatever run made it
+    cannot be checked.
+
     Example
     -------
     >>> import tempfile
@@ -69,4 +72,12 @@ def claim_run_folder(folder, identity):
                 "be silently continued. Pass another --output_folder, or delete the folder."
             )
         return
+    # Empty folders do not count: loading the yaml already creates the checkpoint folder.
+    if path.parent.is_dir() and any(item.is_file() for item in path.parent.rglob("*")):
+        raise RunFolderError(
+            f"{folder} already holds files but no {IDENTITY_FILE} (a run made before run "
+            "identities were recorded, or another program's files): its settings cannot be "
+            "checked, so it is not continued. Pass another --output_folder, or delete the "
+            "folder."
+        )
     write_json_atomic(path, identity)
