@@ -354,12 +354,37 @@ def test_ic_recipe_on_the_fly_then_resume(mini_corpus, tiny_encoder, tmp_path):
 
 
 # ---------------------------------------------------------------------- the Brain in process
-def test_brain_in_process(tiny_encoder, tmp_path):
-    """Frozen encoder in eval mode while training, not checkpointed; results.json schema."""
+def ks_brain_in_process(brain_class, encoder, data_folder, output_root, **overrides):
+    """A KS Brain built as recipes/KS/train.py builds it (yaml, prepare, head), untrained.
+
+    Returns ``(brain, hparams, datasets)``; the datasets' inputs are not chosen yet.
+    """
     from hyperpyyaml import load_hyperpyyaml
 
-    from rewire_lobes.downstream.dataio import dataio_prepare, describe_datasets
-    from rewire_lobes.downstream.utterance import UtteranceBrain, add_head
+    from rewire_lobes.downstream.dataio import dataio_prepare
+    from rewire_lobes.downstream.utterance import add_head
+
+    overrides = {
+        "upstream_source": encoder, "encoder_id": "tiny", "output_root": str(output_root),
+        "data_folder": str(data_folder), "keywords": ["yes", "no"], "run_profile": "paper",
+        "strategy": "baseline", **overrides,
+    }
+    with open(REPO / "hparams" / "ks.yaml") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    hparams["manifest_folder"] = prepare_speech_commands(
+        hparams["data_folder"], hparams["manifest_root"], keywords=hparams["keywords"])
+    datasets = dataio_prepare(hparams)
+    add_head(hparams)
+    brain = brain_class(modules=hparams["modules"], opt_class=hparams["opt_class"],
+                        hparams=hparams, run_opts={"noprogressbar": True},
+                        checkpointer=hparams["checkpointer"])
+    return brain, hparams, datasets
+
+
+def test_brain_in_process(tiny_encoder, tmp_path):
+    """Frozen encoder in eval mode while training, not checkpointed; results.json schema."""
+    from rewire_lobes.downstream.dataio import describe_datasets
+    from rewire_lobes.downstream.utterance import UtteranceBrain
 
     class Probe(UtteranceBrain):
         batches = 0
@@ -370,20 +395,9 @@ def test_brain_in_process(tiny_encoder, tmp_path):
             Probe.batches += 1
 
     build_speech_commands(tmp_path / "data")
-    overrides = {
-        "upstream_source": tiny_encoder(), "encoder_id": "tiny", "output_root": str(tmp_path),
-        "data_folder": str(tmp_path / "data"), "fraction": 0.5, "max_steps": 5,
-        "eval_every_steps": 2, "batch_size": 4, "keywords": ["yes", "no"],
-        "run_profile": "paper", "strategy": "baseline",
-    }
-    with open(REPO / "hparams" / "ks.yaml") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    hparams["manifest_folder"] = prepare_speech_commands(
-        hparams["data_folder"], hparams["manifest_root"], keywords=hparams["keywords"])
-    datasets = dataio_prepare(hparams)
-    add_head(hparams)
-    brain = Probe(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
-                  run_opts={"noprogressbar": True}, checkpointer=hparams["checkpointer"])
+    brain, hparams, datasets = ks_brain_in_process(
+        Probe, tiny_encoder(), tmp_path / "data", tmp_path, fraction=0.5, max_steps=5,
+        eval_every_steps=2, batch_size=4)
     brain.run_info.update(describe_datasets(hparams, datasets))
     brain.use_cached_features(datasets)
     brain.fit(hparams["epoch_counter"], datasets["train"], datasets["dev"],

@@ -18,7 +18,7 @@ from rewire_lobes.data.manifests import read_manifest
 from rewire_lobes.downstream.dataio import dataio_prepare, write_train_subset
 
 # test_ks_ic puts recipes/KS on sys.path.
-from test_ks_ic import REPO, build_speech_commands, write_wav  # noqa: E402, I001
+from test_ks_ic import build_speech_commands, ks_brain_in_process, write_wav  # noqa: E402, I001
 from speech_commands_prepare import (  # noqa: E402
     SILENCE_CROP_SAMPLES,
     TRAIN_FOLDER,
@@ -156,26 +156,12 @@ def test_a_resampled_noise_file_is_cropped_at_16khz(data_folder, tmp_path):
 def make_brain(encoder, data_folder, output_root, cache_features=True, layer_norm=False,
                num_workers=0):
     """A KS ``UtteranceBrain`` on the tiny tree, and its datasets (inputs chosen)."""
-    from hyperpyyaml import load_hyperpyyaml
+    from rewire_lobes.downstream.utterance import UtteranceBrain
 
-    from rewire_lobes.downstream.utterance import UtteranceBrain, add_head
-
-    overrides = {
-        "upstream_source": encoder, "encoder_id": "tiny", "output_root": str(output_root),
-        "data_folder": str(data_folder), "fraction": 1.0, "max_steps": 10,
-        "eval_every_steps": 5, "batch_size": 8, "keywords": ["yes", "no"],
-        "run_profile": "paper", "strategy": "baseline", "cache_features": cache_features,
-        "layer_norm": layer_norm, "num_workers": num_workers,
-    }
-    with open(REPO / "hparams" / "ks.yaml") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    hparams["manifest_folder"] = prepare_speech_commands(
-        hparams["data_folder"], hparams["manifest_root"], keywords=hparams["keywords"])
-    datasets = dataio_prepare(hparams)
-    add_head(hparams)
-    brain = UtteranceBrain(modules=hparams["modules"], opt_class=hparams["opt_class"],
-                           hparams=hparams, run_opts={"noprogressbar": True},
-                           checkpointer=hparams["checkpointer"])
+    brain, _, datasets = ks_brain_in_process(
+        UtteranceBrain, encoder, data_folder, output_root, fraction=1.0, max_steps=10,
+        eval_every_steps=5, batch_size=8, cache_features=cache_features,
+        layer_norm=layer_norm, num_workers=num_workers)
     brain.use_cached_features(datasets)
     return brain, datasets
 
