@@ -95,3 +95,12 @@ def test_tensorboard_is_optional(tmp_path):
             make_tensorboard_writer(tmp_path)
     else:
         make_tensorboard_writer(tmp_path).close()
+
+
+def test_positions_number_every_draw_of_the_run_once():
+    sampler = StepSampler(3, samples_per_round=4, seed=2, weights=[1.0, 1.0, 1.0],
+                          with_positions=True)
+    keyed = rounds(sampler, 1, 3)
+    plain = rounds(StepSampler(3, samples_per_round=4, seed=2, weights=[1.0, 1.0, 1.0]), 1, 3)
+    assert [[index for index, _ in r] for r in keyed] == plain  # the same items
+    assert [draw for r in keyed for _, draw in r] == list(range(12))  # one position each

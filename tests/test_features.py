@@ -152,7 +152,7 @@ def test_cache_is_reused_and_keyed(tiny_encoder, tmp_path, monkeypatch):
     cache = FeatureCache(tmp_path / "cache", upstream)
     first = cache.load(dataset, progressbar=False)
     files = list((tmp_path / "cache").rglob("*.pt"))
-    assert len(files) == 1 and upstream.content_hash()[:16] in str(files[0])
+    assert len(files) == 1 and upstream.features_hash()[:16] in str(files[0])
 
     def no_extraction(*args, **kwargs):
         raise AssertionError("the cache should have been used")
@@ -180,3 +180,17 @@ def test_foreign_or_broken_cache_file_is_rebuilt(tiny_encoder, tmp_path):
     features = cache.load(dataset, progressbar=False)
     assert len(features) == 1 and features["utt0"].shape == (upstream.num_states,
                                                               upstream.hidden_size)
+
+
+def test_cache_key_follows_the_input_treatment_not_only_the_weights(tiny_encoder, tmp_path):
+    """Same weights, another do_normalize or padding rule: another cache file."""
+    plain = SSLUpstream(tiny_encoder())
+    normalized = SSLUpstream(tiny_encoder())
+    normalized.do_normalize = not plain.do_normalize
+    inexact = SSLUpstream(tiny_encoder(), exact_padding=False)
+    assert plain.content_hash() == normalized.content_hash() == inexact.content_hash()
+    paths = {FeatureCache(tmp_path, upstream).path_for("m" * 16)
+             for upstream in (plain, normalized, inexact)}
+    assert len(paths) == 3
+    assert FeatureCache(tmp_path, plain).path_for("m" * 16) == \
+        FeatureCache(tmp_path, SSLUpstream(tiny_encoder())).path_for("m" * 16)

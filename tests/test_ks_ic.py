@@ -321,16 +321,16 @@ def test_ks_recipe_custom_keywords(mini_corpus, tiny_encoder, tmp_path):
     assert "_unknown_" not in results["train_label_counts"]
     assert results["test_set"].startswith("speech_commands_test_set_v0.01")
     assert results["dev_metric"] == "balanced_accuracy"
-    # _silence_ crops are encoded in the batch, each distinct one once per round.
+    # _silence_ crops are encoded in the batch: a crop of its own for every training draw.
     crops = results["on_the_fly_crops"]
-    assert 0 < crops["train_encoded"] <= crops["train_draws"]
+    assert 0 < crops["train_encoded"] == crops["train_draws"]
     noise_files = len(list((mini_corpus / TRAIN_FOLDER / "_background_noise_").glob("*.wav")))
     assert crops["dev_draws"] == crops["dev_encoded"] == 2 * noise_files  # 2 evaluations
 
 
 @pytest.mark.slow
 def test_ks_recipe_on_the_fly_with_loader_workers(mini_corpus, tiny_encoder, tmp_path):
-    """The training crops' round reaches the workers' copies of the dataset."""
+    """Each training draw's position reaches the workers' copies of the dataset."""
     (path,) = run_recipe("KS", "ks.yaml", tiny_encoder(), tmp_path, mini_corpus,
                          "--cache_features", "False", "--num_workers", "2")
     results = check_results(path, "KS", 0.01)

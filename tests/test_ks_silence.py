@@ -1,6 +1,6 @@
 """KS ``_silence_`` as s3prl draws it: one item per noise file, a random 1 s crop per fetch.
 
-Training crops change every round and repeat on resume (and in loader workers); dev
+Training crops change at every draw and repeat on resume (and in loader workers); dev
 crops are fixed; in cached-feature mode the crops are encoded in the batch and give the
 logits of on-the-fly mode.
 """
@@ -95,50 +95,50 @@ def test_fraction_keeps_or_drops_whole_noise_files(data_folder, tmp_path):
 
 
 # ---------------------------------------------------------------------- the crops
-def test_training_crops_change_every_round_and_repeat_on_resume(data_folder, tmp_path):
+def test_training_crops_change_at_every_draw_and_repeat_on_resume(data_folder, tmp_path):
     train = prepared(data_folder, tmp_path)["train"]
     wav = str(data_folder / TRAIN_FOLDER / "_background_noise_" / "long_noise.wav")
-    with pytest.raises(RuntimeError, match="needs the round"):
-        silence_sig(train, "long_noise")  # the Brain never set the round
+    with pytest.raises(RuntimeError, match="needs its draw"):
+        silence_sig(train, "long_noise")  # read without its draw position
 
-    by_round = {}
-    for round_index in (1, 2):
-        train.random_crops.round = round_index
-        by_round[round_index] = silence_sig(train, "long_noise")
-        assert torch.equal(silence_sig(train, "long_noise"), by_round[round_index])
-    offsets = {r: offset_in_file(sig, wav) for r, sig in by_round.items()}
-    assert None not in offsets.values() and offsets[1] != offsets[2]
-    for sig in by_round.values():
+    by_draw = {}
+    for draw in (0, 1, 7):
+        train.random_crops.draw = draw
+        by_draw[draw] = silence_sig(train, "long_noise")
+        assert torch.equal(silence_sig(train, "long_noise"), by_draw[draw])
+    offsets = {d: offset_in_file(sig, wav) for d, sig in by_draw.items()}
+    assert None not in offsets.values() and len(set(offsets.values())) == 3
+    for sig in by_draw.values():
         assert sig.shape == (SILENCE_CROP_SAMPLES,)
 
-    # A resumed run builds its datasets anew: round 2 reads round 2's crop again.
+    # A resumed run builds its datasets anew: draw 7 reads draw 7's crop again.
     resumed = prepared(data_folder, tmp_path)["train"]
-    resumed.random_crops.round = 2
-    assert torch.equal(silence_sig(resumed, "long_noise"), by_round[2])
+    resumed.random_crops.draw = 7
+    assert torch.equal(silence_sig(resumed, "long_noise"), by_draw[7])
     # Another seed, another crop.
     other_seed = prepared(data_folder, tmp_path, seed=7)["train"]
-    other_seed.random_crops.round = 2
-    assert offset_in_file(silence_sig(other_seed, "long_noise"), wav) != offsets[2]
+    other_seed.random_crops.draw = 7
+    assert offset_in_file(silence_sig(other_seed, "long_noise"), wav) != offsets[7]
 
 
 def test_dev_crops_are_the_same_at_every_evaluation(data_folder, tmp_path):
     datasets = prepared(data_folder, tmp_path)
     dev = datasets["dev"]
-    assert not dev.random_crops.per_round and datasets["test"].random_crops is None
+    assert not dev.random_crops.per_draw and datasets["test"].random_crops is None
     wav = str(data_folder / TRAIN_FOLDER / "_background_noise_" / "long_noise.wav")
     first = silence_sig(dev, "long_noise")
-    datasets["train"].random_crops.round = 5  # a later round changes nothing in dev
+    datasets["train"].random_crops.draw = 5  # a later draw changes nothing in dev
     assert torch.equal(silence_sig(dev, "long_noise"), first)
     assert torch.equal(silence_sig(prepared(data_folder, tmp_path)["dev"], "long_noise"), first)
     assert first.shape == (SILENCE_CROP_SAMPLES,) and offset_in_file(first, wav) is not None
     # Dev's crop is not one of training's (another key), though both are seeded.
-    datasets["train"].random_crops.round = 1
+    datasets["train"].random_crops.draw = 1
     assert not torch.equal(silence_sig(datasets["train"], "long_noise"), first)
 
 
 def test_a_file_shorter_than_the_crop_is_read_whole(data_folder, tmp_path):
     train = prepared(data_folder, tmp_path)["train"]
-    train.random_crops.round = 1
+    train.random_crops.draw = 1
     sig = silence_sig(train, "short_noise")
     wav = data_folder / TRAIN_FOLDER / "_background_noise_" / "short_noise.wav"
     assert torch.equal(sig, torch.from_numpy(soundfile.read(wav, dtype="float32")[0]))
@@ -148,7 +148,7 @@ def test_a_resampled_noise_file_is_cropped_at_16khz(data_folder, tmp_path):
     noise = data_folder / TRAIN_FOLDER / "_background_noise_" / "long_noise.wav"
     write_wav(noise, seconds=3.0, rate=8000)
     train = prepared(data_folder, tmp_path)["train"]
-    train.random_crops.round = 1
+    train.random_crops.draw = 1
     assert silence_sig(train, "long_noise").shape == (SILENCE_CROP_SAMPLES,)
 
 
@@ -166,27 +166,28 @@ def make_brain(encoder, data_folder, output_root, cache_features=True, layer_nor
     return brain, datasets
 
 
-def test_the_round_reaches_the_loader_workers(tiny_encoder, data_folder, tmp_path):
+def test_each_draw_gets_its_crop_in_the_loader_workers(tiny_encoder, data_folder, tmp_path):
     brain, datasets = make_brain(tiny_encoder(), data_folder, tmp_path, cache_features=False,
                                  num_workers=1)
     loader = brain.make_dataloader(datasets["train"], sb.Stage.TRAIN,
                                    **brain.hparams.train_dataloader_opts)
     reference = prepared(data_folder, tmp_path / "reference")["train"]  # read without gain
     gain = 10.0 ** (brain.hparams.gain_db / 20.0)
-    crops = {}
+    batch_size = brain.hparams.train_dataloader_opts["batch_size"]
+    crops = []
     for round_index in (2, 3):
         brain.on_stage_start(sb.Stage.TRAIN, round_index)
-        reference.random_crops.round = round_index
-        crops[round_index] = silence_sig(reference, "long_noise")
-        drawn = 0
-        for batch in loader:  # a worker process, with the dataset copied at this point
+        keys = list(brain.step_sampler)  # (index, draw) in loader order
+        for b, batch in enumerate(loader):  # read in a worker process
             for row, data_id in enumerate(batch.id):
                 if data_id == "_silence_/train/long_noise":
+                    reference.random_crops.draw = keys[b * batch_size + row][1]
+                    expected = silence_sig(reference, "long_noise")
                     sig = batch.sig.data[row, : SILENCE_CROP_SAMPLES]
-                    torch.testing.assert_close(sig, crops[round_index] * gain)
-                    drawn += 1
-        assert drawn > 0
-    assert not torch.equal(crops[2], crops[3])
+                    torch.testing.assert_close(sig, expected * gain)
+                    crops.append(expected)
+    assert len(crops) >= 2
+    assert len({tuple(crop[:8].tolist()) for crop in crops}) == len(crops)  # one per draw
 
 
 # A group-norm wav2vec2's hidden states come out of a layer norm already; a layer-norm
@@ -206,14 +207,18 @@ def test_cached_mode_encodes_crops_as_on_the_fly_mode(tiny_encoder, data_folder,
         batches = []
         for brain, datasets in ((cached, cached_sets), (on_the_fly, fly_sets)):
             dataset = datasets[split]
-            if split == "train":  # how the Brain meets its training set's crops
-                brain.make_dataloader(dataset, stage, **brain.hparams.train_dataloader_opts)
             brain.on_stage_start(stage, 4)
-            # Words, both noise files (a 1 s crop and a short file read whole), one twice.
+            # Words, both noise files (a 1 s crop and a short file read whole), and the
+            # first crop again (in training: the same draw, as DrawKeyed would give it).
             ids = [i for i in dataset.data_ids if not i.startswith("_silence_")][:3]
             ids += [f"_silence_/{split}/long_noise", f"_silence_/{split}/short_noise",
                     f"_silence_/{split}/long_noise"]
-            batch = PaddedBatch([dataset[dataset.data_ids.index(i)] for i in ids])
+            items = []
+            for data_id, draw in zip(ids, [0, 1, 2, 3, 4, 3]):
+                if split == "train":
+                    dataset.random_crops.draw = draw
+                items.append(dataset[dataset.data_ids.index(data_id)])
+            batch = PaddedBatch(items)
             with torch.no_grad():
                 batches.append(brain.compute_forward(batch, stage))
         assert cached.crop_counts[f"{split}_draws"] == 3

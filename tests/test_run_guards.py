@@ -32,11 +32,12 @@ def real_encoder(tiny_encoder, tmp_path):
     return folder
 
 
-def rewired(encoder, tmp_path, strategy="mixed", profile="paper"):
-    folder = tmp_path / f"rewired-{strategy}"
+def rewired(encoder, tmp_path, strategy="mixed", profile="paper", **record):
+    folder = tmp_path / f"rewired-{strategy}-{profile}-{len(record)}"
     shutil.copytree(encoder, folder)
     (folder / RECORD_FILE).write_text(json.dumps(
-        {"strategy": strategy, "profile": profile, "source": str(encoder), "updates": 5}))
+        {"strategy": strategy, "profile": profile, "source": str(encoder), "updates": 5,
+         **record}))
     return folder
 
 
@@ -108,8 +109,14 @@ def test_the_embedded_encoder_or_corpus_gets_the_embedded_profile(real_encoder, 
     assert (given["run_profile"], given["max_steps"], given["lr"]) == ("embedded", 600, 0.001)
     assert overrides_of(KS_YAML, upstream_source=real_encoder, data_folder=mini,
                         lr=0.5)["lr"] == 0.5  # the command line wins
-    derived = rewired(real_encoder, tmp_path, profile="embedded")
+    # Lineage, not the rewiring run's profile: a real encoder rewired on the mini corpus
+    # stays a real encoder; one rewired from the embedded encoder is embedded.
+    smoke = rewired(real_encoder, tmp_path, profile="embedded", embedded_encoder=False)
+    assert choose_profile("auto", smoke, str(tmp_path))[0] == "paper"
+    derived = rewired(real_encoder, tmp_path, embedded_encoder=True)
     assert choose_profile("auto", derived, str(tmp_path))[0] == "embedded"
+    older = rewired(REPO / "assets" / "encoder", tmp_path)  # a record without the field
+    assert choose_profile("auto", older, str(tmp_path))[0] == "embedded"
     assert choose_profile("auto", REPO / "assets" / "encoder", str(tmp_path))[0] == "embedded"
     forced = overrides_of(KS_YAML, upstream_source=real_encoder, data_folder=mini,
                           run_profile="paper")
@@ -127,6 +134,9 @@ def test_the_embedded_encoder_or_corpus_gets_the_embedded_profile(real_encoder, 
     (["--learning_rate", "0.1"], "--learning_rate is not an option"),
     (["--upstream_source", "facebook/wav2vec2-base"], "neither a local directory"),
     (["--data_folder", "/nonexistent/speech"], "speech_commands_v0.01"),
+    (["--dev_metric", "f1"], "unknown metric 'f1'"),
+    (["--max_steps", "0"], "max_steps (0)"),
+    (["--keywords", "[yes, yes]"], "--keywords repeats ['yes']"),
 ])
 def test_user_errors_are_one_line_messages(args, message, tiny_encoder, tmp_path):
     if "--upstream_source" not in args:

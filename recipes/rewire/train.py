@@ -41,7 +41,7 @@ from rewire_lobes.runs.cli import (
     user_errors,
     world_size,
 )
-from rewire_lobes.runs.defaults import FALLBACK_NAME
+from rewire_lobes.runs.defaults import FALLBACK_NAME, is_embedded_encoder
 
 from librispeech_prepare import (  # sibling script  # isort: skip
     SUBSET_NAME,
@@ -142,9 +142,10 @@ def export_record(hparams, brain, csv_path, utterances):
         "method": "contrastive rewiring (Yang et al., 2022)",
         "source": str(source),
         "random_init_fallback": Path(source).name == FALLBACK_NAME,
-        # embedded: derived from the embedded encoder or the mini corpus (downstream runs
-        # read this to choose their own profile).
         "profile": hparams["run_profile"],
+        # Whether the rewired encoder descends from the embedded one: downstream runs on
+        # it choose their profile from this (the rewiring run's profile may be forced).
+        "embedded_encoder": is_embedded_encoder(source),
         "profile_reason": hparams.get("profile_reason"),
         "paper_updates": PAPER_UPDATES[hparams["strategy"]],
         "hyperparameters": settings,

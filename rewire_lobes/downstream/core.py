@@ -26,15 +26,21 @@ import os
 import time
 
 import speechbrain as sb
+from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process
 
 from rewire_lobes.downstream.results import (
+    check_metrics,
     describe_device,
-    metric_spec,
     results_record,
     write_results,
 )
-from rewire_lobes.downstream.schedule import RunHistory, StepSampler, paper_step_budget
+from rewire_lobes.downstream.schedule import (
+    DrawKeyed,
+    RunHistory,
+    StepSampler,
+    paper_step_budget,
+)
 from rewire_lobes.runs.provenance import read_provenance
 from rewire_lobes.upstream.encoder import describe_encoder
 
@@ -65,7 +71,7 @@ class DownstreamBrain(sb.Brain):
         self.trains_upstream = not upstream.freeze
         if self.trains_upstream and getattr(self.hparams, "upstream_lr", None) is None:
             raise ValueError("a trainable upstream (freeze: False) needs its own upstream_lr")
-        self.direction = metric_spec(self.hparams.dev_metric).direction
+        self.direction = check_metrics(self.hparams.metric, self.hparams.dev_metric)
         self.history = RunHistory()
         if self.checkpointer is not None:
             registered = [name for name, obj in self.checkpointer.recoverables.items()
@@ -116,13 +122,25 @@ class DownstreamBrain(sb.Brain):
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
             per_round = (int(self.hparams.eval_every_steps) * int(loader_kwargs["batch_size"])
                          * int(self.grad_accumulation_factor) * world_size)
+            keyed = self.draw_keyed(dataset)
             self.step_sampler = StepSampler(
                 len(dataset), per_round, seed=self.hparams.seed,
-                weights=self.sample_weights(dataset),
+                weights=self.sample_weights(dataset), with_positions=keyed is not None,
             )
+            if keyed is not None:
+                dataset = DrawKeyed(dataset, keyed)
+                loader_kwargs.setdefault("collate_fn", PaddedBatch)
             loader_kwargs["sampler"] = self.step_sampler
             loader_kwargs["drop_last"] = True
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
+    def draw_keyed(self, dataset):
+        """The object to tell each training draw's stream position, or None (the default).
+
+        For training items whose content depends on the draw (a fresh random crop at
+        every fetch): the sampler then yields ``(index, draw)`` keys (``DrawKeyed``).
+        """
+        return None
 
     def sample_weights(self, dataset):
         """``N / count(label)`` per item when ``balance_column`` is set (s3prl's KS sampler)."""
@@ -250,6 +268,7 @@ class DownstreamBrain(sb.Brain):
             provenance=read_provenance(hp.upstream.source),
             strategy=hp.strategy,
             profile=hp.run_profile,
+            profile_reason=getattr(hp, "profile_reason", None),
             settings=getattr(hp, "run_identity", None),
             fraction=hp.fraction,
             seed=hp.seed,

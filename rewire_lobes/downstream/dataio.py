@@ -4,7 +4,7 @@
   written into the run folder; dev and test are never subsampled;
 * audio (mono 16 kHz, optional gain, optional crop), label and cached-feature pipelines;
 * random-crop items (:class:`RandomCrops`): read as a crop whose start is drawn when the
-  item is fetched, anew every training round (KS ``_silence_``, as s3prl);
+  item is fetched, anew at every training draw (KS ``_silence_``, as s3prl);
 * the label inventory (``labels.json``), from which the heads take their sizes.
 
 Manifest contract (CSV, one row per item): ``ID, duration, wav, start, stop, spk``, the
@@ -28,6 +28,7 @@ from speechbrain.utils.distributed import run_on_main
 from rewire_lobes.data.audio import SAMPLE_RATE, audio_info, load_audio
 from rewire_lobes.data.fractions import check_fraction, subsample_rows
 from rewire_lobes.data.manifests import read_manifest, write_manifest
+from rewire_lobes.errors import OptionError
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +50,16 @@ def keyword_classes(keywords):
     """
     if any(isinstance(word, bool) for word in keywords):
         # A YAML 1.1 parser reads yes/no/on/off as booleans.
-        raise ValueError(f"--keywords holds booleans {keywords}: quote the words")
+        raise OptionError(f"--keywords holds booleans {keywords}: quote the words")
     keywords = [str(word) for word in keywords]
     if not keywords:
-        raise ValueError("--keywords is empty: give at least one word")
+        raise OptionError("--keywords is empty: give at least one word")
     duplicates = sorted({w for w in keywords if keywords.count(w) > 1})
     if duplicates:
-        raise ValueError(f"--keywords repeats {duplicates}")
+        raise OptionError(f"--keywords repeats {duplicates}")
     reserved = [w for w in keywords if w in (UNKNOWN, SILENCE) or w.startswith("_")]
     if reserved:
-        raise ValueError(f"--keywords may not contain {reserved}: folders starting with '_' "
+        raise OptionError(f"--keywords may not contain {reserved}: folders starting with '_' "
                          "are not words")
     return keywords + [UNKNOWN, SILENCE]
 
@@ -69,40 +70,40 @@ def audio_pipeline_tag(gain_db):
 
 
 class RandomCrops:
-    """Where the random crops of one split start: anew every round, or fixed per seed.
+    """Where the random crops of one split start: anew at every draw, or fixed per seed.
 
     A random-crop item (a manifest row with a ``random_crop`` length) is read as that
     many 16 kHz samples of its file, from a start drawn with a generator keyed by
-    ``(seed, round, id)`` when ``per_round`` (training: the Brain sets :attr:`round` to
-    its epoch at the start of each round, before the loader's workers copy the
-    dataset), else by ``(seed, id)`` (dev: the same crop at every evaluation, as s3prl's
-    re-seeded evaluation gives). Keyed rather than drawn from one stream, so a resumed
-    run and any number of loader workers read the same crops. An item drawn twice in
-    one round gets the same crop both times (the dataset never learns a draw's position).
+    ``(seed, draw, id)`` when ``per_draw`` (training: :attr:`draw` is the item's position
+    in the sampler's endless stream, set for each item by
+    ``rewire_lobes.downstream.schedule.DrawKeyed``), else by ``(seed, id)`` (dev: the same
+    crop at every evaluation, as s3prl's re-seeded evaluation gives). Keyed rather than
+    drawn from one stream, so a resumed run and any number of loader workers read the
+    same crops, and every draw of an item (s3prl: every fetch) gets a crop of its own.
 
     Example
     -------
-    >>> crops = RandomCrops(seed=1, per_round=True)
-    >>> crops.round = 3
+    >>> crops = RandomCrops(seed=1, per_draw=True)
+    >>> crops.draw = 3
     >>> start = crops.start("noise", num_samples=48000, length=16000)
     >>> 0 <= start <= 32000, start == crops.start("noise", 48000, 16000)
     (True, True)
     """
 
-    def __init__(self, seed, per_round):
+    def __init__(self, seed, per_draw):
         self.seed = int(seed)
-        self.per_round = bool(per_round)
-        self.round = None
+        self.per_draw = bool(per_draw)
+        self.draw = None
 
     def start(self, data_id, num_samples, length):
         """The first sample of ``data_id``'s crop of ``length`` in ``num_samples``."""
-        if not self.per_round:
+        if not self.per_draw:
             key = f"{self.seed}/fixed/{data_id}"
-        elif self.round is None:
-            raise RuntimeError(f"{data_id}: a training crop needs the round; the Brain sets "
-                               "RandomCrops.round at the start of each round")
+        elif self.draw is None:
+            raise RuntimeError(f"{data_id}: a training crop needs its draw; read the training "
+                               "set through schedule.DrawKeyed, as DownstreamBrain does")
         else:
-            key = f"{self.seed}/round{self.round}/{data_id}"
+            key = f"{self.seed}/draw{self.draw}/{data_id}"
         # A str seed is hashed with sha512: the same start in every process.
         return random.Random(key).randint(0, max(num_samples - length, 0))
 
@@ -267,7 +268,7 @@ def dataio_prepare(hparams):
     Reads ``<manifest_folder>/{train,dev,test}.csv`` and ``labels.json``; writes the train
     subset to ``<output_folder>/train_subset.csv`` (on the main process). Each dataset's
     ``random_crops`` attribute is its :class:`RandomCrops` (None without random-crop
-    items): per round in train, fixed in dev and test.
+    items): per draw in train, fixed in dev and test.
     """
     check_fraction(hparams["fraction"])
     save_folder = Path(hparams["manifest_folder"])
@@ -287,7 +288,7 @@ def dataio_prepare(hparams):
             csv_path=str(save_folder / "test.csv")).filtered_sorted(sort_key="duration"),
     }
     for name, dataset in datasets.items():
-        dataset.random_crops = (RandomCrops(hparams["seed"], per_round=name == "train")
+        dataset.random_crops = (RandomCrops(hparams["seed"], per_draw=name == "train")
                                 if has_random_crops(dataset) else None)
         sb.dataio.dataset.add_dynamic_item(
             [dataset], audio_pipeline(hparams["gain_db"], dataset.random_crops))

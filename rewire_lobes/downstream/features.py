@@ -108,7 +108,8 @@ class FeatureCache:
         self.upstream = upstream
         self.layer_norm = layer_norm
         self.batch_size = batch_size
-        self.encoder_hash = encoder_hash or upstream.content_hash()
+        # Weights and input treatment (do_normalize, padding): another of either is a miss.
+        self.encoder_hash = upstream.features_hash(encoder_hash)
 
     def path_for(self, manifest_hash):
         suffix = "-ln" if self.layer_norm else ""

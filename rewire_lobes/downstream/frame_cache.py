@@ -278,7 +278,8 @@ class FrameCache:
         self.max_disk_gb = max_disk_gb
         self.batch_size = batch_size
         self.max_batch_samples = int(max_batch_seconds * SAMPLE_RATE)
-        self.encoder_hash = encoder_hash or upstream.content_hash()
+        # Weights and input treatment (do_normalize, padding): another of either is a miss.
+        self.encoder_hash = upstream.features_hash(encoder_hash)
 
     @property
     def num_states(self):

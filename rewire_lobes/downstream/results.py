@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from rewire_lobes.downstream.schedule import paper_step_budget
+from rewire_lobes.errors import OptionError
 from rewire_lobes.io_utils import write_json_atomic
 
 RESULTS_SCHEMA = 2
@@ -53,7 +54,17 @@ def metric_spec(name):
     try:
         return METRICS[name]
     except KeyError:
-        raise ValueError(f"unknown metric '{name}' (known: {', '.join(METRICS)})") from None
+        raise OptionError(f"unknown metric '{name}' (known: {', '.join(METRICS)})") from None
+
+
+def check_metrics(metric, dev_metric):
+    """The direction shared by the test ``metric`` and the ``dev_metric`` that picks the
+    checkpoint; checked before training, so that a typo does not cost a whole run."""
+    spec, dev_spec = metric_spec(metric), metric_spec(dev_metric)
+    if spec.direction != dev_spec.direction:
+        raise OptionError(f"--dev_metric {dev_metric} ({dev_spec.direction}) and --metric "
+                          f"{metric} ({spec.direction}) point in different directions")
+    return spec.direction
 
 
 def describe_device(device):
@@ -66,8 +77,8 @@ def describe_device(device):
 
 def results_record(*, task, encoder, metric, dev_metric, test_scores, dev_curve, best_step,
                    best_dev, steps, max_steps, eval_every_steps, fraction, seed, strategy,
-                   profile, provenance=None, settings=None, wall_seconds=None, device=None,
-                   **extra):
+                   profile, profile_reason=None, provenance=None, settings=None,
+                   wall_seconds=None, device=None, **extra):
     """The results.json record of one run (schema :data:`RESULTS_SCHEMA`).
 
     Arguments
@@ -94,10 +105,8 @@ def results_record(*, task, encoder, metric, dev_metric, test_scores, dev_curve,
     **extra
         Recipe-specific fields (item counts, feature mode, test set ...).
     """
-    spec, dev_spec = metric_spec(metric), metric_spec(dev_metric)
-    if spec.direction != dev_spec.direction:
-        raise ValueError(f"dev metric {dev_metric} and test metric {metric} point in "
-                         "different directions")
+    check_metrics(metric, dev_metric)
+    spec = metric_spec(metric)
     if metric not in test_scores:
         raise ValueError(f"test scores {sorted(test_scores)} lack the metric '{metric}'")
     return {
@@ -107,6 +116,7 @@ def results_record(*, task, encoder, metric, dev_metric, test_scores, dev_curve,
         "strategy": strategy,
         "provenance": provenance,
         "profile": profile,
+        "profile_reason": profile_reason,
         "fraction": float(fraction),
         "seed": int(seed),
         "metric": metric,

@@ -22,6 +22,8 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.epoch_loop import EpochCounter
 
+from rewire_lobes.errors import OptionError
+
 # The paper's Table 3: maximum updates per task and label fraction (100 %: ~200k, §B).
 PAPER_STEP_BUDGETS = {
     "SD": {0.01: 20_000, 0.05: 20_000, 0.1: 50_000},
@@ -54,7 +56,7 @@ class EvalRounds(EpochCounter):
 
     def __init__(self, max_steps, eval_every_steps):
         if int(max_steps) < 1 or int(eval_every_steps) < 1:
-            raise ValueError(
+            raise OptionError(
                 f"max_steps ({max_steps}) and eval_every_steps ({eval_every_steps}) must be >= 1"
             )
         super().__init__(math.ceil(int(max_steps) / int(eval_every_steps)))
@@ -72,6 +74,10 @@ class StepSampler(torch.utils.data.Sampler):
     Commands. Round ``r`` (SpeechBrain's epoch number, from 1) depends only on the
     seed and ``r``, so a resumed run draws the same items.
 
+    ``with_positions=True`` yields ``(index, draw)`` pairs instead, where ``draw`` is the
+    position in the endless stream (unique over the whole run): for items whose content
+    depends on the draw, such as a fresh random crop at every fetch (:class:`DrawKeyed`).
+
     Example
     -------
     >>> sampler = StepSampler(5, samples_per_round=4, seed=0)
@@ -81,9 +87,10 @@ class StepSampler(torch.utils.data.Sampler):
     True
     """
 
-    def __init__(self, num_items, samples_per_round, seed, weights=None):
+    def __init__(self, num_items, samples_per_round, seed, weights=None, with_positions=False):
         if num_items < 1:
             raise ValueError("the training set is empty")
+        self.with_positions = bool(with_positions)
         self.num_items = int(num_items)
         self.samples_per_round = int(samples_per_round)
         self.seed = int(seed)
@@ -99,12 +106,19 @@ class StepSampler(torch.utils.data.Sampler):
         return torch.Generator().manual_seed(int(hashlib.sha256(key).hexdigest()[:15], 16))
 
     def __iter__(self):
+        indices = self._indices()
+        if not self.with_positions:
+            return iter(indices)
+        first = (self.epoch - 1) * self.samples_per_round
+        return iter([(index, first + k) for k, index in enumerate(indices)])
+
+    def _indices(self):
         if self.weights is not None:
             drawn = torch.multinomial(
                 self.weights, self.samples_per_round, replacement=True,
                 generator=self._generator("weighted", self.epoch),
             )
-            return iter(drawn.tolist())
+            return drawn.tolist()
         start = (self.epoch - 1) * self.samples_per_round
         stop = start + self.samples_per_round
         indices = []
@@ -113,10 +127,39 @@ class StepSampler(torch.utils.data.Sampler):
             offset = pass_index * self.num_items
             lo, hi = max(start - offset, 0), min(stop - offset, self.num_items)
             indices.extend(order[lo:hi].tolist())
-        return iter(indices)
+        return indices
 
     def __len__(self):
         return self.samples_per_round
+
+
+class DrawKeyed(torch.utils.data.Dataset):
+    """A dataset read with ``(index, draw)`` keys: tells ``keyed`` the draw, then reads.
+
+    ``keyed`` is the object whose ``draw`` attribute the dataset's pipeline reads (e.g. the
+    random crops of ``rewire_lobes.downstream.dataio``); it is set in the process that
+    reads the item, so loader workers see the right draw.
+
+    Example
+    -------
+    >>> class Seen:
+    ...     draw = None
+    >>> seen = Seen()
+    >>> data = DrawKeyed([10, 20, 30], seen)
+    >>> data[(2, 41)], seen.draw, len(data)
+    (30, 41, 3)
+    """
+
+    def __init__(self, dataset, keyed):
+        self.dataset = dataset
+        self.keyed = keyed
+
+    def __getitem__(self, key):
+        index, self.keyed.draw = key
+        return self.dataset[index]
+
+    def __len__(self):
+        return len(self.dataset)
 
 
 @register_checkpoint_hooks

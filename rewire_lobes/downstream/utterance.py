@@ -8,11 +8,11 @@ counts as right only when all three are (``superb_protocol.md`` §2-3). The head
 sizes come from the prepared label inventory (``labels.json``), not from the yaml.
 The data plumbing is in ``rewire_lobes.downstream.dataio``.
 
-Random-crop items (KS ``_silence_``: a fresh 1 s crop of a noise file at each fetch) can
-not be cached. In cached mode their crops reach the Brain as waveforms in the batch,
-which ``compute_forward`` encodes and pools exactly as the cache does, so both modes
-see the same inputs. A training round's crop of an item is the same at every draw, so
-each distinct crop is encoded once per stage.
+Random-crop items (KS ``_silence_``: a fresh 1 s crop of a noise file at each draw, as
+s3prl takes one at each fetch) can not be cached. In cached mode their crops reach the
+Brain as waveforms in the batch, which ``compute_forward`` encodes and pools exactly as
+the cache does, so both modes see the same inputs. Dev crops are fixed, so each is
+encoded once per evaluation.
 """
 
 import contextlib
@@ -75,7 +75,7 @@ class GroupAccuracy:
 
 
 class UtteranceBrain(DownstreamBrain):
-    """SUPERB's utterance-level head (KS, IC) on a frozen upstream.
+    """SUPERB's utterance-level head (KS, IC) on an SSL upstream.
 
     Extra hyperparameters: ``featurizer`` (``WeightedLayerSum``), ``head``
     (``UtteranceLevelHead``), ``label_columns`` and ``label_groups`` (the output size of
@@ -94,7 +94,6 @@ class UtteranceBrain(DownstreamBrain):
             # The cache already holds the per-layer means of the normalised frames
             # (features.py); normalising those means again would change the result.
             featurizer.layer_norm = False
-        self.train_crops = None  # the training set's RandomCrops: gets the round
         self.encoded_crops = {}  # CropAudio.key -> pooled [L+1, D], for one stage
         self.crop_counts = Counter()  # "<split>_draws" / "<split>_encoded" in cached mode
 
@@ -162,16 +161,12 @@ class UtteranceBrain(DownstreamBrain):
         with self._head_threads():
             return super().evaluate(*args, **kwargs)
 
-    def make_dataloader(self, dataset, stage, *args, **kwargs):
-        if stage == sb.Stage.TRAIN:
-            self.train_crops = getattr(dataset, "random_crops", None)
-        return super().make_dataloader(dataset, stage, *args, **kwargs)
+    def draw_keyed(self, dataset):
+        """The training set's random crops learn each draw's position (a crop per draw)."""
+        return getattr(dataset, "random_crops", None)
 
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)
-        if stage == sb.Stage.TRAIN and self.train_crops is not None:
-            # Before the loader's iterator starts (and copies the dataset to its workers).
-            self.train_crops.round = epoch
         self.encoded_crops = {}
 
     def on_stage_end(self, stage, stage_loss, epoch=None):

@@ -26,18 +26,19 @@ import difflib
 import hashlib
 import io
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 import ruamel.yaml
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
-from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lobes.data.fractions import check_fraction
 from rewire_lobes.downstream.schedule import paper_step_budget
 from rewire_lobes.errors import OptionError, UserError
-from rewire_lobes.runs.defaults import choose_profile, resolve_upstream_source
+from rewire_lobes.runs.defaults import choose_profile, repo_path, resolve_upstream_source
 from rewire_lobes.runs.identity import claim_run_folder, run_identity
 from rewire_lobes.runs.provenance import resolve_strategy
 from rewire_lobes.upstream.encoder import encoder_tag
@@ -158,6 +159,12 @@ def run_overrides(hparams_file, overrides):
         apply_profile(defaults, given, value)
     if defaults.get("strategy") == "auto":
         given["strategy"] = resolve_strategy(given.get("strategy"), resolved)
+    elif "strategy" in given and given["strategy"] != defaults.get("strategy"):
+        # A rewiring yaml is its strategy: its update count and comments belong to it.
+        raise OptionError(
+            f"--strategy {given['strategy']}: {hparams_file} is the "
+            f"'{defaults.get('strategy')}' recipe; use hparams/{given['strategy']}.yaml instead"
+        )
     text = io.StringIO()
     yaml.dump(given, text)
     return text.getvalue()
@@ -198,7 +205,7 @@ def standard_identity(hparams, run_opts):
         "world_size": world_size(),
     }
     if "data_folder" in hparams:
-        extra["data_folder"] = str(Path(hparams["data_folder"]).resolve())
+        extra["data_folder"] = hparams["data_folder"]
     return extra
 
 
@@ -235,6 +242,10 @@ def load_recipe_hparams(argv, identity_extras=None):
     overrides = run_overrides(hparams_file, overrides)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    if hparams.get("data_folder"):
+        # Absolute, by the embedded rule's reading (working directory, then repository),
+        # so that the prepare step, the profile and the identity agree wherever it runs.
+        hparams["data_folder"] = str(repo_path(hparams["data_folder"]))
     if "run_profile" in hparams:
         chosen, reason = choose_profile("auto", hparams["upstream_source"],
                                         hparams.get("data_folder"))
@@ -251,12 +262,21 @@ def load_recipe_hparams(argv, identity_extras=None):
 
 
 def start_experiment(hparams, hparams_file, overrides):
-    """``create_experiment_directory``, then the profile in the log, where it can be read."""
+    """``create_experiment_directory``, then the profile in the log, where it can be read.
+
+    SpeechBrain archives the file of its caller in the run folder; the caller here is this
+    module, so the recipe's own script (``__main__``) is archived in its place.
+    """
+    folder = Path(hparams["output_folder"])
     sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
+        experiment_directory=str(folder),
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    script = getattr(sys.modules["__main__"], "__file__", None)
+    if if_main_process() and script and Path(script).name != Path(__file__).name:
+        (folder / Path(__file__).name).unlink(missing_ok=True)
+        shutil.copy(script, folder)
     if "run_profile" in hparams:
         changes = ", ".join(f"{k}={v}" for k, v in (hparams.get("embedded_profile") or {}).items())
         logger.info("Profile: %s (%s)%s", hparams["run_profile"], hparams.get("profile_reason"),

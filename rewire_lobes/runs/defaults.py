@@ -80,7 +80,8 @@ PROFILES = ("embedded", "paper")
 def is_embedded_encoder(source):
     """True for the shipped encoder, its random stand-in, and encoders rewired from them.
 
-    A rewired encoder says where it came from in its ``rewiring.json`` (``profile``).
+    A rewired encoder's ``rewiring.json`` says whether it descends from the embedded one
+    (``embedded_encoder``); a record without that field is followed to its ``source``.
     """
     from rewire_lobes.runs.provenance import read_provenance  # no cycle at import time
 
@@ -88,7 +89,12 @@ def is_embedded_encoder(source):
     if path.name == FALLBACK_NAME or repo_path(path) == repo_path(DEFAULT_UPSTREAM):
         return True
     record = read_provenance(path)
-    return record is not None and record.get("profile") == "embedded"
+    if record is None:
+        return False
+    if record.get("embedded_encoder") is not None:
+        return bool(record["embedded_encoder"])
+    parent = record.get("source")
+    return bool(parent) and repo_path(parent) != repo_path(path) and is_embedded_encoder(parent)
 
 
 def choose_profile(requested, upstream_source, data_folder):
@@ -126,4 +132,9 @@ def ensure_default_data(data_folder, expected, corpus):
     # A no-op when the corpus is complete; regenerates a half-written one.
     ensure_mini_corpus(root, corpora=[corpus])
     if not (repo_path(data_folder) / expected).exists():
-        raise FileNotFoundError(f"{data_folder}: the mini {corpus} corpus lacks {expected}")
+        from rewire_lobes.errors import DataFolderError
+
+        raise DataFolderError(
+            f"{data_folder}: the mini {corpus} corpus lacks {expected} after generating it; "
+            f"delete {root} to regenerate it, or pass --data_folder with the real corpus"
+        )

@@ -35,6 +35,7 @@ def read_provenance(source):
         "record_sha256": hashlib.sha256(raw).hexdigest(),
         "strategy": record["strategy"],
         "profile": record.get("profile"),
+        "embedded_encoder": record.get("embedded_encoder"),
         "source": record.get("source"),
         "source_content_hash": record.get("source_content_hash"),
         "content_hash": record.get("content_hash"),

@@ -536,6 +536,17 @@ class SSLUpstream(nn.Module):
         """sha256 over the weights (names, dtypes, shapes, bytes): the encoder's identity."""
         return state_dict_hash(self.model.state_dict())
 
+    def features_hash(self, content_hash=None):
+        """sha256 of what decides the features: the weights and how the input is treated.
+
+        Two encoder folders with the same weights but another ``do_normalize``, or the
+        same encoder with ``exact_padding`` off, give other features: feature caches are
+        keyed by this, not by :meth:`content_hash` alone (pass it when already known).
+        """
+        settings = (f"{content_hash or self.content_hash()};do_normalize={self.do_normalize};"
+                    f"padding_invariant={self.padding_invariant}")
+        return hashlib.sha256(settings.encode()).hexdigest()
+
     def save_pretrained(self, directory):
         """Exports the encoder with the source's config values (dropout, layerdrop, ...)."""
         return export_encoder(self.model, directory, self.do_normalize, self.source_config)
