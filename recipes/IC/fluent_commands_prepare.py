@@ -38,6 +38,14 @@ MANIFESTS = ("train.csv", "dev.csv", "test.csv", "labels.json")
 COLUMNS = ["ID", "duration", "wav", "start", "stop", "spk", *SLOTS, "intent", "transcription"]
 
 
+class DataFileError(DataFolderError, ValueError):
+    """A csv of the data folder holds rows this step cannot use; the message names the file.
+
+    A :class:`DataFolderError` (the recipe prints it on one line), and a ``ValueError`` as
+    these errors were before.
+    """
+
+
 def prepare_fluent_commands(data_folder, manifest_root, skip_prep=False):
     """Writes ``train.csv``, ``dev.csv``, ``test.csv`` and ``labels.json``; returns their folder.
 
@@ -77,7 +85,10 @@ def prepare_fluent_commands(data_folder, manifest_root, skip_prep=False):
         check_known_values(rows[split], labels, split)
     for split, split_rows in rows.items():
         if not split_rows:
-            raise ValueError(f"{root / 'data' / SPLITS[split]} has no rows")
+            raise DataFileError(
+                f"{root / 'data' / SPLITS[split]} has no rows: --data_folder must hold the "
+                f"complete {DATASET_FOLDER}/"
+            )
         logger.info("%s: %d utterances", split, len(split_rows))
         write_manifest(save_folder / f"{split}.csv", split_rows, COLUMNS)
     write_json_atomic(save_folder / "labels.json", labels)
@@ -94,11 +105,14 @@ def read_split(root, csv_name):
                 path = record["path"]
                 slots = [record[slot].strip() for slot in SLOTS]
             except KeyError as err:
-                raise ValueError(f"{root / 'data' / csv_name}: no column {err}") from err
+                raise DataFileError(
+                    f"{root / 'data' / csv_name}: no column {err} (a Fluent Speech Commands "
+                    f"csv has path, speakerId, transcription, {', '.join(SLOTS)})"
+                ) from err
             wav = root / path
             data_id = Path(path).with_suffix("").as_posix()
             if data_id in seen:
-                raise ValueError(f"{root / 'data' / csv_name}:{line}: {path} is listed twice")
+                raise DataFileError(f"{root / 'data' / csv_name}:{line}: {path} is listed twice")
             seen.add(data_id)
             rows.append({
                 "ID": data_id,
@@ -129,6 +143,6 @@ def check_known_values(rows, labels, split):
     for row in rows:
         for slot in SLOTS:
             if row[slot] not in labels[slot]:
-                raise ValueError(
+                raise DataFileError(
                     f"{row['wav']} ({split}): {slot} '{row[slot]}' never occurs in train_data.csv"
                 )

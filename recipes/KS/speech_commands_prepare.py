@@ -138,7 +138,11 @@ def prepare_speech_commands(
 
     for split, rows in (("train", splits["train"]), ("dev", splits["dev"]), ("test", test_rows)):
         if not rows:
-            raise ValueError(f"{data_folder}: the {split} split of Speech Commands is empty")
+            raise DataFolderError(
+                f"{data_folder}: the {split} split of Speech Commands is empty: --data_folder "
+                f"must hold {TRAIN_FOLDER}/ (one folder of wavs per word plus {NOISE_FOLDER}/) "
+                f"and {TEST_FOLDER}/ (one folder per class)"
+            )
         report_counts(split, rows, classes)
     write_manifest(save_folder / "train.csv", splits["train"], COLUMNS)
     write_manifest(save_folder / "dev.csv", splits["dev"], COLUMNS)

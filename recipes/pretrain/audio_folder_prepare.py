@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 
 from rewire_lobes.data.audio import AudioError, audio_info
+from rewire_lobes.errors import DataFolderError, OptionError
 from rewire_lobes.io_utils import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,10 @@ def find_audio_files(audio_folder, exclude_patterns=(), exclude_lists=()):
     """
     root = Path(audio_folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"{audio_folder}: no such audio folder")
+        raise DataFolderError(
+            f"{audio_folder}: no such audio folder (pass --audio_folder, a folder holding "
+            "wav or flac files, searched recursively)"
+        )
     listed = read_exclude_lists(root, exclude_lists)
     files = []
     for path in sorted(root.rglob("*")):
@@ -138,9 +142,10 @@ def prepare_audio_folder(audio_folder, save_folder, exclude_patterns=(), exclude
         logger.info("Skipped %d files shorter than %.2f s and %d unreadable files",
                     too_short, min_seconds, unreadable)
     if len(rows) <= valid_files:
-        raise ValueError(
+        raise OptionError(
             f"{audio_folder}: found {len(rows)} usable wav/flac files (>= {min_seconds} s); "
-            f"need more than valid_files={valid_files}"
+            f"need more than --valid_files {valid_files}: pass a smaller --valid_files or "
+            "--min_seconds, or an --audio_folder with more audio"
         )
 
     held_out = set(random.Random(seed).sample(range(len(rows)), valid_files))

@@ -21,6 +21,7 @@ import argparse
 import logging
 import sys
 
+from rewire_lobes.errors import UserError
 from rewire_lobes.io_utils import write_json_atomic
 from rewire_lobes.rewiring.neutral import (
     BACKENDS,
@@ -85,7 +86,7 @@ def main(argv=None):
     try:
         ensure_neutral_audio(args.manifest, args.neutral_folder, args.backend, args.voice,
                              args.num_workers, args.report, args.max_failed_fraction)
-    except TooManySynthesisFailures as err:
+    except (TooManySynthesisFailures, UserError) as err:  # UserError: BackendUnavailable ...
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

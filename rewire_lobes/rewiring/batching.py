@@ -14,6 +14,8 @@ import random
 
 from torch.utils.data import Sampler
 
+from rewire_lobes.errors import OptionError
+
 
 class LengthBucketBatchSampler(Sampler):
     """Yields lists of dataset indices, ``batch_size`` each (the remainder is dropped).
@@ -40,18 +42,21 @@ class LengthBucketBatchSampler(Sampler):
     """
 
     def __init__(self, lengths, batch_size, bucket_batches=None, seed=0):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise OptionError(
+                f"--batch_size must be a positive whole number of pairs, got {batch_size!r}"
+            )
         if len(lengths) < batch_size:
-            raise ValueError(
-                f"{len(lengths)} utterances cannot fill one batch of {batch_size}; "
-                "lower --batch_size or use more data"
+            raise OptionError(
+                f"{len(lengths)} utterances cannot fill one batch of --batch_size {batch_size}: "
+                "pass a smaller --batch_size, or more data (--data_folder, --max_utterances)"
             )
         if bucket_batches is not None and (isinstance(bucket_batches, bool)
+                                           or not isinstance(bucket_batches, (int, float))
                                            or int(bucket_batches) != bucket_batches
                                            or bucket_batches < 0):
-            raise ValueError(
-                f"bucket_batches must be null, 0 (random batches) or a positive number of "
+            raise OptionError(
+                f"--bucket_batches must be null, 0 (random batches) or a positive number of "
                 f"batches per length bucket, got {bucket_batches!r}"
             )
         self.lengths = list(lengths)

@@ -10,7 +10,9 @@ the views of every DDP rank as negatives.
 Training is counted in optimizer updates (``max_steps`` → ``optimizer_step_limit``); a
 checkpoint is written every ``ckpt_interval_steps`` updates and when the limit is reached,
 so a killed run resumes where it stopped, and a rerun with a larger ``max_steps``
-continues the same run. ``export`` writes the rewired encoder directory.
+continues the same run; a smaller one is refused (:meth:`RewireBrain.on_fit_start`) rather
+than exporting the longer run it would resume. ``export`` writes the rewired encoder
+directory.
 """
 
 import json
@@ -29,17 +31,20 @@ from speechbrain.utils.checkpoints import (
 )
 from speechbrain.utils.distributed import if_main_process
 
+from rewire_lobes.errors import OptionError
+from rewire_lobes.io_utils import atomic_dir, atomic_path, write_json_atomic
 from rewire_lobes.rewiring.contrastive import (
     encode_views,
     global_info_nce,
     grad_cache_backward,
     pool_utterances,
 )
-from rewire_lobes.io_utils import atomic_dir, atomic_path, write_json_atomic
+from rewire_lobes.runs.identity import RunFolderError
 
 logger = logging.getLogger(__name__)
 
 EXPORT_RECORD = "rewiring.json"
+POOL_LAYERS = ("all", "last")  # pool_utterances' choices, checked before any data is read
 
 
 @register_checkpoint_hooks
@@ -159,10 +164,15 @@ class RewireBrain(sb.Brain):
             self.random_state = RandomState()
             self.checkpointer.add_recoverable("random_state", self.random_state)
         if self.grad_accumulation_factor != 1:
-            raise ValueError(
-                "grad_accumulation_factor must be 1: accumulating InfoNCE over small batches "
-                "is not InfoNCE over a large one. Use a larger --batch_size with "
-                "grad_cache: True instead."
+            raise OptionError(
+                f"--grad_accumulation_factor must be 1, got {self.grad_accumulation_factor}: "
+                "accumulating InfoNCE over small batches is not InfoNCE over a large one. "
+                "Pass a larger --batch_size with --grad_cache True instead."
+            )
+        pool_layers = getattr(self.hparams, "pool_layers", "all")
+        if pool_layers not in POOL_LAYERS:
+            raise OptionError(
+                f"--pool_layers must be {' or '.join(POOL_LAYERS)}, got {pool_layers!r}"
             )
         self._epoch_start_step = 0
         self._last_saved_step = None
@@ -238,6 +248,15 @@ class RewireBrain(sb.Brain):
 
     def on_fit_start(self):
         super().on_fit_start()
+        limit = self.optimizer_step_limit
+        if limit is not None and self.optimizer_step > limit:
+            # Recovered from the checkpoint: training would stop at once and export the
+            # longer run as if it had `limit` updates.
+            raise RunFolderError(
+                f"{self.checkpointer.checkpoints_dir} holds a run of {self.optimizer_step} updates, more than --max_steps "
+                f"{limit}: pass --max_steps {self.optimizer_step} or more to continue that run, "
+                f"or another --output_folder (or --output_root) for a run of {limit} updates"
+            )
         if self.optimizer_step:
             logger.info("Resuming from update %d", self.optimizer_step)
 

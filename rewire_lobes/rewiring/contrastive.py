@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from rewire_lobes.errors import OptionError
 from rewire_lobes.upstream.pooling import masked_mean
 
 STRATEGIES = ("twin", "neutral", "mixed")
@@ -144,7 +145,9 @@ class PairMaker:
         max_samples=MAX_SAMPLES,
     ):
         if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+            raise OptionError(
+                f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
+            )
         self.strategy = strategy
         self.seed = seed
         self.mask_ratio = mask_ratio
@@ -198,7 +201,7 @@ def pool_utterances(hidden, frame_lens, layers="all"):
     elif layers == "last":
         states = hidden[-1].float()
     else:
-        raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+        raise OptionError(f"--pool_layers must be all or last, got {layers!r}")
     return masked_mean(states, frame_lens)
 
 

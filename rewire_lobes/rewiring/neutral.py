@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from rewire_lobes.errors import OptionError, UserError
 from rewire_lobes.io_utils import atomic_path
 
 # rewire_lobes.data.audio (torch) is imported where it is used: the espeak worker process runs
@@ -60,7 +61,7 @@ class SynthesisError(RuntimeError):
     """One utterance could not be synthesised; the message says why."""
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError, RuntimeError):
     """The TTS program or voice is missing; the message says what to install."""
 
 
@@ -89,7 +90,7 @@ def cache_key(text, backend, voice):
 
 def resolve_voice(backend, voice=None):
     if backend not in BACKENDS:
-        raise ValueError(f"TTS backend must be one of {BACKENDS}, got {backend!r}")
+        raise OptionError(f"--tts_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     return voice or DEFAULT_VOICES[backend]
 
 
