@@ -15,5 +15,10 @@ class DataFolderError(UserError, FileNotFoundError):
     """The data folder is missing or lacks what the prepare step reads."""
 
 
+class DataFileError(DataFolderError, ValueError):
+    """A file of the data folder is there but holds what the prepare step cannot use
+    (a missing column, a duplicated row, a label never seen in training)."""
+
+
 class OptionError(UserError, ValueError):
     """An unknown or invalid command-line option."""

@@ -26,7 +26,7 @@ from rewire_lobes.data.manifests import (
     prepared_folder,
     write_manifest,
 )
-from rewire_lobes.errors import DataFolderError
+from rewire_lobes.errors import DataFileError, DataFolderError
 from rewire_lobes.io_utils import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -36,14 +36,6 @@ SLOTS = ("action", "object", "location")
 SPLITS = {"train": "train_data.csv", "dev": "valid_data.csv", "test": "test_data.csv"}
 MANIFESTS = ("train.csv", "dev.csv", "test.csv", "labels.json")
 COLUMNS = ["ID", "duration", "wav", "start", "stop", "spk", *SLOTS, "intent", "transcription"]
-
-
-class DataFileError(DataFolderError, ValueError):
-    """A csv of the data folder holds rows this step cannot use; the message names the file.
-
-    A :class:`DataFolderError` (the recipe prints it on one line), and a ``ValueError`` as
-    these errors were before.
-    """
 
 
 def prepare_fluent_commands(data_folder, manifest_root, skip_prep=False):
