@@ -50,7 +50,7 @@ from rewire_lobes.upstream.pretrain import (
     sample_masks_and_negatives,
     scale_feature_encoder_gradients,
 )
-from rewire_lobes.runs.cli import parse_arguments
+from rewire_lobes.runs.cli import parse_arguments, user_errors
 from rewire_lobes.upstream.encoder import export_encoder, normalize_waveforms
 
 logger = get_logger(__name__)
@@ -268,8 +268,8 @@ def export(hparams, brain):
     logger.info("Encoder exported to %s: %s", encoder_folder, json.dumps(summary))
 
 
-if __name__ == "__main__":
-    hparams_file, run_opts, overrides = parse_arguments(sys.argv[1:])
+def main(argv):
+    hparams_file, run_opts, overrides = parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
@@ -328,3 +328,8 @@ if __name__ == "__main__":
     )
     if if_main_process():
         export(hparams, brain)
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(sys.argv[1:])
