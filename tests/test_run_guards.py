@@ -14,6 +14,7 @@ from rewire_lobes.runs.cli import load_recipe_hparams, run_overrides
 from rewire_lobes.runs.defaults import choose_profile, is_embedded_data
 from rewire_lobes.runs.identity import RunFolderError
 from rewire_lobes.runs.provenance import RECORD_FILE, read_provenance
+from test_user_errors import assert_one_line_error  # noqa: I001 (a sibling test module)
 
 REPO = Path(__file__).resolve().parent.parent
 KS_YAML = str(REPO / "hparams" / "ks.yaml")
@@ -145,7 +146,4 @@ def test_user_errors_are_one_line_messages(args, message, tiny_encoder, tmp_path
                "--output_root", str(tmp_path), *args]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
+    assert_one_line_error(done, message)
