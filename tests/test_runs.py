@@ -5,6 +5,7 @@ from pathlib import Path
 
 import ruamel.yaml
 
+import rewire_lobes.embedded
 import rewire_lobes.upstream.encoder
 from rewire_lobes.runs import defaults
 from rewire_lobes.runs.cli import encoder_fingerprint, encoder_id, run_overrides
@@ -31,7 +32,7 @@ def test_existing_encoder_is_used_as_an_absolute_path(tiny_encoder, tmp_path):
 
 
 def test_missing_embedded_encoder_falls_back_once(tmp_path, monkeypatch, caplog, tiny_encoder):
-    monkeypatch.setattr(defaults, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(rewire_lobes.embedded, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.chdir(tmp_path)
     made = []
 

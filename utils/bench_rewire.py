@@ -116,6 +116,12 @@ def load_views(work_dir, pairs, updates, device):
     return batches
 
 
+def synchronize(device):
+    """Waits for queued CUDA work, so that a timer reads finished work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_variant(args):
     import torch
 
@@ -158,10 +164,6 @@ def run_variant(args):
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
     # Baseline: model and data loaded, before any update (the warm-up already peaks).
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
@@ -169,10 +171,10 @@ def run_variant(args):
     else:
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     update(warm)
-    sync()
+    synchronize(device)
     start = time.perf_counter()
     losses = [update(views) for views in batches[1:]]
-    sync()
+    synchronize(device)
     seconds = time.perf_counter() - start
     if cuda:
         peak = torch.cuda.max_memory_allocated(device)
@@ -235,21 +237,17 @@ def time_padding_cost(args, source, work_dir):
         upstream.zero_grad(set_to_none=True)
         return loss.item()
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
-
     for upstream in upstreams.values():
         update(upstream, batches[0], seed=0)  # warm-up
     runs, losses = [], {}
     for repeat in range(args.repeats):
         for exact in (False, True) if repeat % 2 == 0 else (True, False):
             load_before = os.getloadavg()
-            sync()
+            synchronize(device)
             start, cpu_start = time.perf_counter(), time.process_time()
             losses[exact] = [update(upstreams[exact], views, seed=index)
                              for index, views in enumerate(batches[1:], start=1)]
-            sync()
+            synchronize(device)
             seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             runs.append({"exact_padding": exact, "repeat": repeat,
                          "seconds_per_update": seconds / args.updates,

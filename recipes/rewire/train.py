@@ -36,7 +36,6 @@ from rewire_lobes.rewiring.brain import RewireBrain
 from rewire_lobes.rewiring.neutral import neutral_path, resolve_voice, tts_text
 from rewire_lobes.runs.cli import (
     load_recipe_hparams,
-    parse_arguments,
     start_experiment,
     user_errors,
     world_size,
@@ -65,16 +64,12 @@ def run_precision(hparams, run_opts):
     return hparams["gpu_precision"] if str(device).startswith("cuda") else hparams["precision"]
 
 
-def identity_extras(run_opts):
+def identity_extras(hparams, run_opts):
     """``identity_extras`` for :func:`load_recipe_hparams`: what the yaml keys do not say."""
-
-    def extras(hparams):
-        return {
-            "tts_voice": resolve_voice(hparams["tts_backend"], hparams["tts_voice"]),
-            "precision": run_precision(hparams, run_opts),
-        }
-
-    return extras
+    return {
+        "tts_voice": resolve_voice(hparams["tts_backend"], hparams["tts_voice"]),
+        "precision": run_precision(hparams, run_opts),
+    }
 
 
 def dataio_prepare(hparams, csv_path):
@@ -174,11 +169,9 @@ def load_hparams(argv):
     the run identity. Returns ``(hparams, hparams_file, run_opts, overrides)``; trains
     nothing.
     """
-    # The precision in use belongs to the run identity; the Brain decides it from the run
-    # options, which load_recipe_hparams returns only after claiming the folder.
-    _, preview_opts, _ = parse_arguments(argv)
+    # The precision in use (bf16 on CUDA unless given) belongs to the run identity.
     hparams, hparams_file, run_opts, overrides = load_recipe_hparams(
-        argv, identity_extras=identity_extras(preview_opts))
+        argv, identity_extras=identity_extras)
     hparams["precision"] = run_precision(hparams, run_opts)
     return hparams, hparams_file, run_opts, overrides
 

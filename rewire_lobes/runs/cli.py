@@ -23,6 +23,7 @@ are the paper's and SUPERB's. ``--run_profile`` overrides the choice.
 import contextlib
 import dataclasses
 import difflib
+import functools
 import hashlib
 import io
 import logging
@@ -49,20 +50,34 @@ ENCODER_FILES = ("config.json", "preprocessor_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-def encoder_fingerprint(source, chunk=1 << 22):
-    """sha256 of an encoder directory's config and weight files (or of a hub id)."""
-    digest = hashlib.sha256()
-    path = Path(source)
-    if not path.is_dir():
-        digest.update(str(source).encode())
-        return digest.hexdigest()
-    files = sorted(
-        f for f in path.iterdir()
+def encoder_files(source):
+    """The config and weight files of an encoder directory, sorted by name."""
+    return sorted(
+        f for f in Path(source).iterdir()
         if f.is_file() and (f.name in ENCODER_FILES or f.suffix in WEIGHT_SUFFIXES)
     )
-    for file in files:
-        digest.update(f"{file.name}\0".encode())
-        with open(file, "rb") as handle:
+
+
+def encoder_fingerprint(source):
+    """sha256 of an encoder directory's config and weight files (or of a hub id).
+
+    A recipe asks twice (for the run folder's name and for the run identity), and a Large
+    encoder's weights take seconds to read: the digest is kept per file names, sizes and
+    modification times, so a changed file is read again.
+    """
+    path = Path(source)
+    if not path.is_dir():
+        return hashlib.sha256(str(source).encode()).hexdigest()
+    stats = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in encoder_files(path))
+    return _files_digest(str(path.resolve()), stats)
+
+
+@functools.lru_cache(maxsize=16)
+def _files_digest(folder, stats, chunk=1 << 22):
+    digest = hashlib.sha256()
+    for name, _, _ in stats:
+        digest.update(f"{name}\0".encode())
+        with open(Path(folder) / name, "rb") as handle:
             while block := handle.read(chunk):
                 digest.update(block)
     return digest.hexdigest()
@@ -230,7 +245,8 @@ def load_recipe_hparams(argv, identity_extras=None):
     argv : list of str
         The command line after the script name.
     identity_extras : callable, optional
-        ``identity_extras(hparams) -> dict`` of further settings computed by the recipe.
+        ``identity_extras(hparams, run_opts) -> dict`` of further settings computed by the
+        recipe.
 
     Returns
     -------
@@ -255,7 +271,7 @@ def load_recipe_hparams(argv, identity_extras=None):
     if keys:
         extra = standard_identity(hparams, run_opts)
         if identity_extras is not None:
-            extra.update(identity_extras(hparams))
+            extra.update(identity_extras(hparams, run_opts))
         hparams["run_identity"] = run_identity(hparams, keys, extra)
         run_on_main(claim_run_folder, args=[hparams["output_folder"], hparams["run_identity"]])
     return hparams, hparams_file, run_opts, overrides

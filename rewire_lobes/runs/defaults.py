@@ -10,26 +10,15 @@ import fcntl
 import logging
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
-
 from rewire_lobes.embedded import (  # noqa: F401 (re-exported: the recipes' defaults)
     DEFAULT_DATA_FOLDER,
     DEFAULT_UPSTREAM,
     FALLBACK_NAME,
-    REPO_ROOT,
     is_embedded_data,
     repo_path,
 )
 
-
-def _existing(source):
-    """``source`` as an existing path, trying the working directory then the repo root."""
-    path = Path(str(source)).expanduser()
-    if path.exists():
-        return path
-    if not path.is_absolute() and (REPO_ROOT / path).exists():
-        return REPO_ROOT / path
-    return None
+logger = logging.getLogger(__name__)
 
 
 def resolve_upstream_source(source, fallback_folder):
@@ -45,10 +34,10 @@ def resolve_upstream_source(source, fallback_folder):
 
     Safe to call from several processes at once: creation holds a file lock.
     """
-    found = _existing(source)
-    if found is not None:
-        return str(found.resolve())
-    if Path(str(source)) != Path(DEFAULT_UPSTREAM) and Path(str(source)) != REPO_ROOT / DEFAULT_UPSTREAM:
+    found = repo_path(source)
+    if found.exists():
+        return str(found)
+    if found != repo_path(DEFAULT_UPSTREAM):
         return str(source)
 
     fallback = Path(fallback_folder) / FALLBACK_NAME
