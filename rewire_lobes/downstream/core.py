@@ -24,11 +24,14 @@ import logging
 import math
 import os
 import time
+from pathlib import Path
 
 import speechbrain as sb
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.utils.distributed import if_main_process
 
+from rewire_lobes.downstream.batching import BatchStepSampler
+from rewire_lobes.downstream.plots import DEV_PLOT, plot_dev_scores
 from rewire_lobes.downstream.results import (
     check_metrics,
     describe_device,
@@ -41,7 +44,9 @@ from rewire_lobes.downstream.schedule import (
     StepSampler,
     paper_step_budget,
 )
+from rewire_lobes.errors import OptionError
 from rewire_lobes.runs.provenance import read_provenance
+from rewire_lobes.runs.random_state import RandomState
 from rewire_lobes.upstream.encoder import describe_encoder
 
 logger = logging.getLogger(__name__)
@@ -73,6 +78,9 @@ class DownstreamBrain(sb.Brain):
             raise ValueError("a trainable upstream (freeze: False) needs its own upstream_lr")
         self.direction = check_metrics(self.hparams.metric, self.hparams.dev_metric)
         self.history = RunHistory()
+        # Dropout and SpecAugment draw from the global generators: a resumed run restores
+        # them where the checkpoint was taken (the end of a dev evaluation).
+        self.random_state = RandomState()
         if self.checkpointer is not None:
             registered = [name for name, obj in self.checkpointer.recoverables.items()
                           if obj is upstream or obj is getattr(upstream, "model", None)]
@@ -84,6 +92,7 @@ class DownstreamBrain(sb.Brain):
             if self.trains_upstream and not registered:
                 self.checkpointer.add_recoverable("upstream", upstream)
             self.checkpointer.add_recoverable("history", self.history)
+            self.checkpointer.add_recoverable("random_state", self.random_state)
         # The step budget is the recipe's, not a run option (pitfall C.12: count updates).
         self.optimizer_step_limit = int(self.hparams.max_steps)
         self.run_info = {}  # extra fields for results.json, filled by the recipe
@@ -122,6 +131,18 @@ class DownstreamBrain(sb.Brain):
             world_size = int(os.environ.get("WORLD_SIZE", "1"))
             per_round = (int(self.hparams.eval_every_steps) * int(loader_kwargs["batch_size"])
                          * int(self.grad_accumulation_factor) * world_size)
+            batches = self.train_batches(dataset)
+            if batches is not None:
+                if world_size > 1:
+                    raise OptionError("length-aware training batches run on one process; "
+                                      "use a single GPU for this task")
+                self.step_sampler = BatchStepSampler(
+                    batches, int(self.hparams.eval_every_steps) * int(self.grad_accumulation_factor),
+                    seed=self.hparams.seed)
+                for key in ("batch_size", "shuffle", "drop_last", "sampler"):
+                    loader_kwargs.pop(key, None)
+                loader_kwargs["batch_sampler"] = self.step_sampler
+                return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
             keyed = self.draw_keyed(dataset)
             self.step_sampler = StepSampler(
                 len(dataset), per_round, seed=self.hparams.seed,
@@ -133,6 +154,11 @@ class DownstreamBrain(sb.Brain):
             loader_kwargs["sampler"] = self.step_sampler
             loader_kwargs["drop_last"] = True
         return super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+
+    def train_batches(self, dataset):
+        """The training batches of one pass (lists of item indices), or None (the default:
+        ``batch_size`` items drawn one by one)."""
+        return None
 
     def draw_keyed(self, dataset):
         """The object to tell each training draw's stream position, or None (the default).
@@ -170,6 +196,8 @@ class DownstreamBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
+            # Before the loader's iterator is made: making it draws from the generator.
+            self.random_state.apply_recovered()
             if self.step_sampler is not None:
                 self.step_sampler.set_epoch(epoch)
         else:
@@ -195,7 +223,7 @@ class DownstreamBrain(sb.Brain):
     def _end_of_round(self, epoch, loss, scores):
         step = self.optimizer_step
         value = scores[self.hparams.dev_metric]
-        improved = self.history.add(step, value, self.direction)
+        improved = self.history.add(step, value, self.direction, scores)
         self._tick()
         lr = self.optimizer.param_groups[0]["lr"]
         self.hparams.train_logger.log_stats(  # on every rank (pitfall C.11)
@@ -247,6 +275,8 @@ class DownstreamBrain(sb.Brain):
             test_stats={"loss": loss, **scores},
         )
         if if_main_process():
+            plot_dev_scores(self.history.dev_scores, self.history.best_step,
+                            Path(self.hparams.results_file).with_name(DEV_PLOT))
             write_results(self.hparams.results_file, self.results(scores))
             logger.info("Wrote %s", self.hparams.results_file)
         if self._tensorboard is not None:
@@ -276,6 +306,7 @@ class DownstreamBrain(sb.Brain):
             dev_metric=hp.dev_metric,
             test_scores=test_scores,
             dev_curve=self.history.dev_curve,
+            dev_scores=self.history.dev_scores,
             best_step=self.history.best_step,
             best_dev=self.history.best_value,
             steps=self.optimizer_step,

@@ -5,6 +5,8 @@
 activation anywhere. Since the projector is affine, projecting then averaging equals
 averaging then projecting: the head therefore also accepts features already mean-pooled
 ``[B, D]`` (the feature cache's path) and gives the same logits.
+
+``RNNCTCHead`` is s3prl's ASR and SF head: projector → BLSTMs → linear, trained with CTC.
 """
 
 import torch
@@ -51,3 +53,75 @@ class UtteranceLevelHead(nn.Module):
         elif features.dim() != 2:
             raise ValueError(f"expected [B, T, D] or [B, D] features, got {tuple(features.shape)}")
         return self.classifier(projected)
+
+
+class RNNCTCHead(nn.Module):
+    """s3prl's ASR/SF head: projector → stacked single-layer (B)LSTMs → linear, for CTC.
+
+    Each recurrent layer reads a packed sequence (so padding never reaches the backward
+    direction) and is followed by dropout; there is no layer norm, projection or time
+    down-sampling (SUPERB's ``asr/config.yaml``: ``project_dim 1024``, ``dim [1024, 1024]``,
+    ``dropout [0.2, 0.2]``, ``total_rate -1``).
+
+    Arguments
+    ---------
+    input_dim : int
+        Feature size ``D`` of the upstream.
+    num_outputs : int
+        Vocabulary size, the CTC blank included.
+    projector_dim : int
+        SUPERB's 1024.
+    hidden_sizes : list of int
+        Units per direction of each layer (SUPERB: ``[1024, 1024]``).
+    dropout : float
+        After every recurrent layer (SUPERB: 0.2).
+    bidirectional : bool
+        SUPERB: True.
+
+    Example
+    -------
+    >>> head = RNNCTCHead(8, 5, projector_dim=6, hidden_sizes=[4, 4]).eval()
+    >>> frames, lengths = torch.randn(2, 7, 8), torch.tensor([7, 3])
+    >>> logits = head(frames, lengths)
+    >>> tuple(logits.shape)
+    (2, 7, 5)
+    >>> torch.allclose(logits[1, :3], head(frames[1:, :3], torch.tensor([3]))[0], atol=1e-6)
+    True
+    """
+
+    def __init__(self, input_dim, num_outputs, projector_dim=1024, hidden_sizes=(1024, 1024),
+                 dropout=0.2, bidirectional=True):
+        super().__init__()
+        self.projector = nn.Linear(input_dim, projector_dim)
+        self.rnns = nn.ModuleList()
+        size = projector_dim
+        for hidden in hidden_sizes:
+            self.rnns.append(nn.LSTM(size, hidden, num_layers=1, batch_first=True,
+                                     bidirectional=bidirectional))
+            size = hidden * (2 if bidirectional else 1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(size, num_outputs)
+
+    def forward(self, features, lengths):
+        """Logits ``[B, T, V]`` of ``features`` ``[B, T, D]`` with ``lengths`` valid frames."""
+        x = self.projector(features)
+        total = x.shape[1]
+        lengths = lengths.detach().cpu().long().clamp(min=1)
+        for rnn in self.rnns:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                       enforce_sorted=False)
+            x, _ = rnn(packed)
+            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=total)
+            x = self.dropout(x)
+        return self.classifier(x)
+
+
+def repeat(value, times):
+    """``[value] * times``, for a yaml list of equal layer sizes.
+
+    Example
+    -------
+    >>> repeat(1024, 2)
+    [1024, 1024]
+    """
+    return [value] * int(times)

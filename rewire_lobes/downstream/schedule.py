@@ -164,17 +164,24 @@ class DrawKeyed(torch.utils.data.Dataset):
 
 @register_checkpoint_hooks
 class RunHistory:
-    """The dev curve, the best point and the time spent: checkpointed with the run."""
+    """The dev curve, the best point and the time spent: checkpointed with the run.
+
+    ``dev_curve`` follows the metric that picks the checkpoint; ``dev_scores`` keeps every
+    score of every evaluation (``{name: [[step, value], ...]}``), e.g. the CER beside the WER.
+    """
 
     def __init__(self):
         self.dev_curve = []  # [[step, value], ...]
+        self.dev_scores = {}
         self.best_step = None
         self.best_value = None
         self.seconds = 0.0
 
-    def add(self, step, value, direction):
+    def add(self, step, value, direction, scores=None):
         """Records a dev evaluation; True when it is a new best (ties keep the earlier)."""
         self.dev_curve.append([int(step), float(value)])
+        for name, score in (scores or {}).items():
+            self.dev_scores.setdefault(name, []).append([int(step), float(score)])
         better = (
             self.best_value is None
             or (math.isnan(self.best_value) and not math.isnan(value))
@@ -187,6 +194,7 @@ class RunHistory:
     def state(self):
         return {
             "dev_curve": [list(p) for p in self.dev_curve],
+            "dev_scores": {name: [list(p) for p in curve] for name, curve in self.dev_scores.items()},
             "best_step": self.best_step,
             "best_value": self.best_value,
             "seconds": self.seconds,
@@ -194,6 +202,8 @@ class RunHistory:
 
     def load_state(self, state):
         self.dev_curve = [list(p) for p in state["dev_curve"]]
+        self.dev_scores = {name: [list(p) for p in curve]
+                           for name, curve in state.get("dev_scores", {}).items()}
         self.best_step = state["best_step"]
         self.best_value = state["best_value"]
         self.seconds = float(state["seconds"])
