@@ -1,0 +1,1 @@
+"""Task scores computed exactly as official s3prl computes them."""

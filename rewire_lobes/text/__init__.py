@@ -1,0 +1,1 @@
+"""Target encoders for the CTC heads: ASR characters and sub-words, SF characters with slot tags."""
