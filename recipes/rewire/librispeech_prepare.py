@@ -31,16 +31,19 @@ Authors
 
 import argparse
 import csv
-import hashlib
 import json
 import logging
 import random
 from pathlib import Path
 
-from rewire_lobes.data.audio import SAMPLE_RATE, AudioError, audio_info
+from rewire_lobes.data.librispeech import (  # noqa: F401 (read_subset, subset_digest: the recipe's)
+    locate_librispeech,
+    read_librispeech_split,
+    read_subset,
+    subset_digest,
+)
 from rewire_lobes.errors import DataFolderError, OptionError
 from rewire_lobes.io_utils import atomic_path, write_json_atomic, write_text_atomic
-from rewire_lobes.runs.defaults import ensure_default_data, is_embedded_data, repo_path
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ def prepare_librispeech_rewire(
         return csv_path
     if subset not in SUBSET_RULES:
         raise OptionError(f"--subset must be one of {', '.join(SUBSET_RULES)}, got {subset!r}")
-    folder = _ensure_corpus(data_folder, splits)
+    folder = locate_librispeech(data_folder, splits)
     options = {
         "data_folder": str(folder.resolve()),
         "splits": list(splits),
@@ -104,9 +107,12 @@ def prepare_librispeech_rewire(
 
     rows, too_long = [], 0
     for split in splits:
-        split_rows, split_too_long = _read_split(folder / split, max_samples)
-        rows.extend(split_rows)
-        too_long += split_too_long
+        # A listed utterance whose audio is missing or unreadable is skipped with a warning.
+        for row in read_librispeech_split(folder / split, strict=False):
+            if row["samples"] > max_samples:
+                too_long += 1
+            else:
+                rows.append({**row, "spk_id": row["spk"]})
     if not rows:
         raise DataFolderError(
             f"{data_folder}: no utterance with a transcript found in splits {list(splits)}"
@@ -158,16 +164,6 @@ def select_subset(rows, max_utterances, subset="shortest", seed=1234):
     return kept
 
 
-def subset_digest(path):
-    """sha256 hex digest of a subset ID list (the file's bytes)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def read_subset(path):
-    """The utterance IDs of a subset ID list, in file order."""
-    return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
-
-
 def _up_to_date(save_folder, options):
     paths = [save_folder / name for name in (MANIFEST_NAME, SUBSET_NAME, OPTIONS_NAME)]
     if not all(path.is_file() for path in paths):
@@ -176,58 +172,6 @@ def _up_to_date(save_folder, options):
         return json.loads(paths[-1].read_text(encoding="utf-8")) == options
     except (OSError, ValueError):
         return False
-
-
-def _ensure_corpus(data_folder, splits):
-    """The folder to read; the embedded default is generated when absent."""
-    if is_embedded_data(data_folder):
-        # A no-op when the mini corpus is complete; it (re)generates a missing or
-        # half-written one. A user's own folder is never written to.
-        ensure_default_data(data_folder, splits[0], "librispeech")
-        folder = repo_path(data_folder)
-    else:
-        folder = Path(str(data_folder)).expanduser()
-    if not folder.is_dir():
-        raise DataFolderError(
-            f"{data_folder}: no such LibriSpeech folder (pass --data_folder /path/to/LibriSpeech, "
-            "the folder holding train-clean-100/)"
-        )
-    for split in splits:
-        if not (folder / split).is_dir():
-            raise DataFolderError(f"{folder / split}: missing LibriSpeech split folder")
-    return folder
-
-
-def _read_split(split_dir, max_samples):
-    """Rows of one split and the count of utterances over ``max_samples``."""
-    rows, too_long = [], 0
-    for transcript_file in sorted(split_dir.glob("*/*/*.trans.txt")):
-        for line in transcript_file.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            utt_id, _, words = line.strip().partition(" ")
-            audio = transcript_file.parent / f"{utt_id}.flac"
-            if not audio.is_file():
-                logger.warning("%s: listed in %s but missing, skipped", audio, transcript_file)
-                continue
-            try:
-                frames, rate, _ = audio_info(audio)
-            except AudioError as err:
-                logger.warning("%s, skipped", err)
-                continue
-            samples = round(frames * SAMPLE_RATE / rate)
-            if samples > max_samples:
-                too_long += 1
-                continue
-            rows.append({
-                "ID": utt_id,
-                "duration": f"{frames / rate:.4f}",
-                "wav": str(audio.resolve()),
-                "spk_id": utt_id.split("-")[0],
-                "wrd": " ".join(words.split()),
-                "samples": samples,  # for the subset rule; not written
-            })
-    return rows, too_long
 
 
 def main(argv=None):

@@ -12,7 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from rewire_lobes.data.audio import AudioError, audio_info
+from rewire_lobes.data.audio import SAMPLE_RATE, AudioError, audio_info
+from rewire_lobes.errors import DataFileError
 from rewire_lobes.io_utils import atomic_path, write_json_atomic
 
 OPTIONS_FILE = "prepare_options.json"
@@ -75,3 +76,22 @@ def checked_duration(path, max_channels=None):
         raise AudioError(f"{path}: {channels} channels (at most {max_channels} expected)")
     return frames / rate
 
+
+def checked_16k_mono(path):
+    """Sample count of ``path`` from its header; a file that is not 16 kHz mono is refused.
+
+    For SUPERB's ASR and SF, where s3prl asserts 16 kHz and reads one channel: such a
+    file is not resampled or down-mixed but reported, as are unreadable and empty ones,
+    by a :class:`rewire_lobes.errors.DataFileError` naming the file and what it is.
+    """
+    try:
+        frames, rate, channels = audio_info(path)
+    except AudioError as err:
+        raise DataFileError(str(err)) from None
+    if rate != SAMPLE_RATE or channels != 1:
+        raise DataFileError(
+            f"{path}: {rate} Hz, {channels} channel{'s' if channels > 1 else ''}; SUPERB reads "
+            f"{SAMPLE_RATE} Hz mono audio (s3prl asserts it): convert the corpus, e.g. "
+            f"sox in.wav -r {SAMPLE_RATE} -c 1 out.wav"
+        )
+    return frames

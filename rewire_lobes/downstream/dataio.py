@@ -26,7 +26,7 @@ import torch
 from speechbrain.utils.distributed import run_on_main
 
 from rewire_lobes.data.audio import SAMPLE_RATE, audio_info, load_audio
-from rewire_lobes.data.fractions import check_fraction, subsample_rows
+from rewire_lobes.data.fractions import check_fraction, check_quota, subsample_rows
 from rewire_lobes.data.manifests import read_manifest, write_manifest
 from rewire_lobes.errors import OptionError
 
@@ -251,13 +251,17 @@ def has_random_crops(dataset):
 
 
 def write_train_subset(train_csv, subset_csv, fraction, seed, stratify_column,
-                       group_column=None):
-    """Writes the ``fraction`` subset of ``train_csv`` to ``subset_csv``; returns its rows."""
+                       group_column=None, quota="ceil"):
+    """Writes the ``fraction`` subset of ``train_csv`` to ``subset_csv``; returns its rows.
+
+    ``quota`` is ``ceil`` (``ceil(f * n)`` per label) or ``proportional`` (``round(f * N)``
+    in all, shared in proportion to the labels' sizes): ``rewire_lobes.data.fractions``.
+    """
     rows = read_manifest(train_csv)
     if not rows:
         raise ValueError(f"{train_csv}: the training manifest is empty")
     subset = subsample_rows(rows, fraction, seed, label_key=stratify_column,
-                            group_key=group_column or None)
+                            group_key=group_column or None, quota=quota)
     write_manifest(subset_csv, subset, fieldnames=list(rows[0].keys()))
     return subset
 
@@ -266,17 +270,20 @@ def dataio_prepare(hparams):
     """Train (the fraction subset), dev and test datasets with audio and label pipelines.
 
     Reads ``<manifest_folder>/{train,dev,test}.csv`` and ``labels.json``; writes the train
-    subset to ``<output_folder>/train_subset.csv`` (on the main process). Each dataset's
-    ``random_crops`` attribute is its :class:`RandomCrops` (None without random-crop
-    items): per draw in train, fixed in dev and test.
+    subset to ``<output_folder>/train_subset.csv`` (on the main process), by the yaml's
+    ``fraction_quota`` (default ``ceil``). Each dataset's ``random_crops`` attribute is its
+    :class:`RandomCrops` (None without random-crop items): per draw in train, fixed in dev
+    and test.
     """
     check_fraction(hparams["fraction"])
+    quota = check_quota(hparams.get("fraction_quota", "ceil"))
     save_folder = Path(hparams["manifest_folder"])
     subset_csv = Path(hparams["output_folder"]) / "train_subset.csv"
     run_on_main(
         write_train_subset,
         args=[save_folder / "train.csv", subset_csv, hparams["fraction"], hparams["seed"],
               hparams["stratify_column"], hparams["group_column"]],
+        kwargs={"quota": quota},
     )
     label_values = label_inventory(save_folder, hparams["label_columns"])
 
