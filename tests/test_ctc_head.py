@@ -122,3 +122,20 @@ def test_slot_scorer_drops_eos_inside_a_hypothesis(tmp_path):
     assert scorer.summarize()["slot_type_f1"] == 100.0
     scorer.write(tmp_path, "test")
     assert (tmp_path / "test-hyp.ark").read_text() == "u1 PLAY B-artist ADELE E-artist\n"
+
+
+def test_padded_blstm_equals_a_packed_bidirectional_lstm():
+    from rewire_lobes.downstream.heads import PaddedBLSTM
+
+    torch.manual_seed(3)
+    ours = PaddedBLSTM(5, 4)
+    packed_lstm = torch.nn.LSTM(5, 4, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(packed_lstm, name).copy_(getattr(ours.forward_lstm, name))
+            getattr(packed_lstm, f"{name}_reverse").copy_(getattr(ours.backward_lstm, name))
+    x, lengths = torch.randn(3, 8, 5), torch.tensor([8, 5, 1])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
+                                                     enforce_sorted=False)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_lstm(packed)[0], batch_first=True)
+    assert torch.allclose(ours(x, lengths), expected, atol=1e-6)

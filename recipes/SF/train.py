@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""SUPERB slot filling (Audio SNIPS, CTC over characters and slot tags) on a frozen SSL encoder.
+
+A weighted sum of the encoder's layers feeds SUPERB's BLSTM-CTC head (the ASR head),
+trained on a share of the training voices' utterances (``--fraction``) for a fixed
+number of updates; the dev slot-type F1 picks the best checkpoint, at which dev and test
+are decoded (greedy CTC). Scores, the updates needed to reach them, and s3prl-format
+hypothesis/reference files are written to the run folder.
+
+To run (the embedded default: mini corpus, embedded encoder, a few CPU minutes)::
+
+    python recipes/SF/train.py hparams/sf.yaml --fraction 0.01
+
+Real data and encoder: see recipes/SF/README.md.
+
+Authors: rewire-speech contributors
+"""
+
+import sys
+
+from snips_prepare import prepare_snips
+from speechbrain.utils.distributed import run_on_main
+
+from rewire_lobes.downstream.ctc import prepare_and_train
+from rewire_lobes.runs.cli import load_recipe_hparams, start_experiment, user_errors
+
+
+def main(argv):
+    # Resolves the encoder, the profile and the strategy; claims the run folder.
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(argv)
+    start_experiment(hparams, hparams_file, overrides)
+
+    hparams["manifest_folder"] = run_on_main(
+        prepare_snips,
+        kwargs={
+            "data_folder": hparams["data_folder"],
+            "manifest_root": hparams["manifest_root"],
+            "train_speakers": hparams["train_speakers"],
+            "dev_speakers": hparams["dev_speakers"],
+            "test_speakers": hparams["test_speakers"],
+            "skip_prep": hparams["skip_prep"],
+        },
+    )
+    # Training set less the excluded utterances, tokenizer, training, decoding.
+    prepare_and_train(hparams, run_opts)
+
+
+if __name__ == "__main__":
+    with user_errors():
+        main(sys.argv[1:])

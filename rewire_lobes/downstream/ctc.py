@@ -1,0 +1,351 @@
+"""Sequence transcription with CTC (ASR, SF): SUPERB's BLSTM-CTC head on an SSL upstream.
+
+``CTCBrain`` trains ``RNNCTCHead`` with ``DownstreamBrain``'s schedule on the weighted
+layer sum, with s3prl's SpecAugment on it during training and s3prl's length-aware
+batches (``rewire_lobes.downstream.batching``). The splits named in ``cached_splits`` read
+the frozen encoder's frames from the frame cache (the encoder runs once per utterance);
+the others, and every split of a trainable upstream, run the encoder at every batch.
+
+Decoding is greedy CTC as official s3prl (collapse repeats, then drop the blank). The
+task's scorer (``rewire_lobes.downstream.ctc_scoring``) turns the ids into strings and
+scores (ASR: WER/CER; SF: slot-type F1, slot-value CER ...). After training, dev and test
+are decoded at the best dev checkpoint and their ``<split>-hyp.ark`` / ``<split>-ref.ark``
+written in s3prl's format; re-decoding dev must reproduce the best dev score, which is
+checked and recorded.
+"""
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+import torch.nn.functional as F
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from rewire_lobes.data.audio import SAMPLE_RATE
+from rewire_lobes.downstream.batching import length_buckets, sliding_windows
+from rewire_lobes.downstream.core import DownstreamBrain
+from rewire_lobes.downstream.ctc_decoding import greedy_ctc
+from rewire_lobes.data.fractions import check_fraction
+from rewire_lobes.data.manifests import write_manifest
+from rewire_lobes.downstream.dataio import (
+    audio_pipeline,
+    audio_pipeline_tag,
+    label_inventory,
+    write_train_subset,
+)
+from rewire_lobes.downstream.frame_cache import FrameCache, frame_batch, frame_feature_pipeline
+from rewire_lobes.errors import OptionError
+from rewire_lobes.text.characters import CharacterTokenizer
+from rewire_lobes.text.slots import SlotCharacterTokenizer
+from rewire_lobes.text.subwords import SubwordTokenizer, train_sentencepiece
+
+logger = logging.getLogger(__name__)
+
+BATCHING = ("length_buckets", "sliding_windows")
+
+
+class CTCBrain(DownstreamBrain):
+    """SUPERB's BLSTM-CTC head (ASR, SF) on an SSL upstream.
+
+    Extra hyperparameters: ``featurizer``, ``head`` (``RNNCTCHead``), ``tokenizer`` (its
+    ``blank_index`` is the CTC blank), ``scorer_class`` (called with the tokenizer),
+    ``specaug`` (``FeatureSpecAugment`` or null), ``batching`` (``length_buckets`` for
+    ASR, ``sliding_windows`` for SF), ``batch_size``, ``half_batch_above`` (samples),
+    ``cache_features``, ``cached_splits``, ``frame_cache_folder``, ``frame_cache_dtype``,
+    ``frame_cache_max_gb``, ``feature_batch_size``, ``gain_db``, ``output_folder``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.trains_upstream and self.hparams.cache_features:
+            raise OptionError("cache_features needs a frozen upstream: a trained encoder's "
+                              "frames change at every update (set --cache_features False)")
+        if self.hparams.batching not in BATCHING:
+            raise OptionError(f"--batching must be one of {', '.join(BATCHING)}, "
+                              f"got {self.hparams.batching!r}")
+        self.tokenizer = self.hparams.tokenizer
+        self.transcript_split = None  # "dev" / "test" while decoding at the best checkpoint
+        self.scorer = None
+
+    # ------------------------------------------------------------------ data
+    def use_cached_features(self, datasets):
+        """Gives each split its input: cached ``feats`` (``cached_splits``) or ``sig``."""
+        cached = list(self.hparams.cached_splits) if self.hparams.cache_features else []
+        unknown = sorted(set(cached) - set(datasets))
+        if unknown:
+            raise OptionError(f"--cached_splits names {unknown}; the splits are {sorted(datasets)}")
+        cache = None
+        if cached:
+            cache = FrameCache(
+                self.hparams.frame_cache_folder,
+                self.hparams.upstream,
+                dtype=self.hparams.frame_cache_dtype,
+                max_disk_gb=self.hparams.frame_cache_max_gb,
+                batch_size=self.hparams.feature_batch_size,
+                encoder_hash=self.encoder_info()["content_hash"],
+            )
+        tag = audio_pipeline_tag(self.hparams.gain_db)
+        start = time.time()
+        for name, dataset in datasets.items():
+            if name not in cached:
+                sb.dataio.dataset.set_output_keys([dataset], ["id", "sig", "tokens", "token_len"])
+                continue
+            run_on_main(_ensure_frames, args=[cache, dataset, tag, not self.noprogressbar])
+            frames = cache.load(dataset, tag, progressbar=False)
+            sb.dataio.dataset.add_dynamic_item([dataset], frame_feature_pipeline(frames))
+            sb.dataio.dataset.set_output_keys(
+                [dataset], ["id", "feats", "frame_len", "tokens", "token_len"])
+        self.run_info["feature_mode"] = {name: "cached" if name in cached else "on_the_fly"
+                                         for name in datasets}
+        if cached:
+            self.run_info["feature_seconds"] = round(time.time() - start, 3)
+        return datasets
+
+    def train_batches(self, dataset):
+        """s3prl's batches of the training set (``length_buckets`` or ``sliding_windows``)."""
+        rows = [dataset.data[data_id] for data_id in dataset.data_ids]
+        samples = [round(float(row["duration"]) * SAMPLE_RATE) for row in rows]
+        size, half = int(self.hparams.batch_size), int(self.hparams.half_batch_above)
+        if self.hparams.batching == "length_buckets":
+            return length_buckets(samples, size, half)
+        targets = [len(self.hparams.encode_targets(self.tokenizer, data_id, row))
+                   for data_id, row in zip(dataset.data_ids, rows)]
+        return sliding_windows(targets, samples, size, half)
+
+    # ------------------------------------------------------------------ model
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        feats = getattr(batch, "feats", None)
+        if feats is not None:
+            hidden, frame_lens = frame_batch(feats, batch.frame_len)
+        else:
+            wavs, wav_lens = batch.sig
+            hidden, frame_lens = self.modules.upstream(wavs, wav_lens)
+        features = self.modules.featurizer(hidden)
+        if stage == sb.Stage.TRAIN and self.hparams.specaug is not None:
+            features = self.hparams.specaug(features, frame_lens)
+        logits = self.modules.head(features, frame_lens)
+        return F.log_softmax(logits.float(), dim=-1), frame_lens
+
+    def compute_objectives(self, predictions, batch, stage):
+        log_probs, frame_lens = predictions
+        tokens = batch.tokens.data
+        token_lens = batch.token_len.to(tokens.device).long()
+        # s3prl: nn.CTCLoss(blank, zero_infinity=True), mean over the batch of the
+        # per-utterance loss divided by its target length.
+        loss = F.ctc_loss(log_probs.transpose(0, 1), tokens, frame_lens.long(), token_lens,
+                          blank=self.tokenizer.blank_index, reduction="mean",
+                          zero_infinity=True)
+        if stage != sb.Stage.TRAIN:
+            hypotheses = greedy_ctc(log_probs.detach(), frame_lens, self.tokenizer.blank_index)
+            references = [row[:length].tolist() for row, length in zip(tokens, token_lens)]
+            self.scorer.append(batch.id, hypotheses, references)
+        return loss
+
+    def reset_scores(self, stage):
+        self.scorer = self.hparams.scorer_class(self.tokenizer)
+
+    def summarize_scores(self, stage):
+        return self.scorer.summarize()
+
+    # ------------------------------------------------------------------ transcripts
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage != sb.Stage.TEST or self.transcript_split is None:
+            return super().on_stage_end(stage, stage_loss, epoch)
+        split = self.transcript_split
+        if if_main_process():
+            self.scorer.write(Path(self.hparams.output_folder), split)
+        if split == "test":
+            return super().on_stage_end(stage, stage_loss, epoch)
+        scores = self.summarize_scores(stage)
+        value = scores[self.hparams.dev_metric]
+        best = self.history.best_value
+        agrees = best is not None and math.isclose(value, best, rel_tol=1e-6, abs_tol=1e-6)
+        self.run_info["dev_scores_at_best"] = scores
+        self.run_info["dev_rescored_matches_best"] = agrees
+        if not agrees:
+            logger.warning("dev %s at the best checkpoint decodes to %.4f, but %s was recorded "
+                           "during training", self.hparams.dev_metric, value, best)
+        return None
+
+
+def _ensure_frames(cache, dataset, tag, progressbar):
+    cache.load(dataset, tag, progressbar=progressbar)  # returns nothing: no broadcast
+
+
+def encode_transcript(tokenizer, data_id, row):
+    """ASR targets: the ``wrd`` column."""
+    return tokenizer.encode(row["wrd"], data_id=data_id)
+
+
+def encode_slots(tokenizer, data_id, row):
+    """SF targets: the ``wrd`` words with their ``slots`` tags."""
+    return tokenizer.encode(row["wrd"].split(), row["slots"].split(), data_id=data_id)
+
+
+def target_pipeline(tokenizer, encode_targets, columns):
+    """``tokens`` (LongTensor) and ``token_len`` from a manifest row's ``columns``."""
+
+    @sb.utils.data_pipeline.takes("id", *columns)
+    @sb.utils.data_pipeline.provides("tokens", "token_len")
+    def encode(data_id, *values):
+        ids = encode_targets(tokenizer, data_id, dict(zip(columns, values)))
+        yield torch.tensor(ids, dtype=torch.long)
+        yield len(ids)
+
+    return encode
+
+
+# ---------------------------------------------------------------------- data
+def write_training_rows(train_csv, subset_csv, fraction, seed, stratify_column, quota,
+                        excluded):
+    """Writes the ``fraction`` draw of ``train_csv`` less the ``excluded`` ids to
+    ``subset_csv``; returns ``(drawn, left_out)`` counts.
+
+    The draw is made on the whole training split and the exclusions are taken from it
+    afterwards, so that two encoders with different exclusions train on the same draw
+    less their own exclusions (the paper's ASR at 100 %: 76 % of train-clean-100).
+    """
+    rows = write_train_subset(train_csv, subset_csv, fraction, seed, stratify_column,
+                              quota=quota)
+    kept = [row for row in rows if row["ID"] not in excluded]
+    if not kept:
+        raise OptionError(f"{subset_csv}: every one of the {len(rows)} drawn training "
+                          "utterances is excluded (exclude_utterances)")
+    if len(kept) != len(rows):
+        write_manifest(subset_csv, kept, fieldnames=list(rows[0].keys()))
+    return len(rows), len(rows) - len(kept)
+
+
+def ctc_dataio_prepare(hparams, excluded=frozenset()):
+    """Train (the fraction draw less ``excluded``), dev and test datasets with audio.
+
+    Targets are added by :func:`add_targets` once the tokenizer exists (a SentencePiece
+    model is trained on the training transcripts). Dev and test are sorted by duration,
+    so that an evaluation batch holds little padding.
+    """
+    check_fraction(hparams["fraction"])
+    folder = Path(hparams["manifest_folder"])
+    subset_csv = Path(hparams["output_folder"]) / "train_subset.csv"
+    drawn, left_out = run_on_main(
+        write_training_rows,
+        args=[folder / "train.csv", subset_csv, hparams["fraction"], hparams["seed"],
+              hparams["stratify_column"], hparams["fraction_quota"], set(excluded)],
+    )
+    from_csv = sb.dataio.dataset.DynamicItemDataset.from_csv
+    datasets = {
+        "train": from_csv(csv_path=str(subset_csv)),
+        "dev": from_csv(csv_path=str(folder / "dev.csv")).filtered_sorted(sort_key="duration"),
+        "test": from_csv(csv_path=str(folder / "test.csv")).filtered_sorted(sort_key="duration"),
+    }
+    sb.dataio.dataset.add_dynamic_item(list(datasets.values()), audio_pipeline(hparams["gain_db"]))
+    datasets["train"].counts = {"train_drawn": drawn, "train_excluded": left_out}
+    return datasets
+
+
+def add_targets(datasets, tokenizer, hparams):
+    """Adds the ``tokens``/``token_len`` pipeline of ``tokenizer`` to every split."""
+    sb.dataio.dataset.add_dynamic_item(
+        list(datasets.values()),
+        target_pipeline(tokenizer, hparams["encode_targets"], list(hparams["target_columns"])))
+
+
+def train_and_test(hparams, run_opts, datasets, tokenizer, run_info=None):
+    """Trains the head on ``datasets["train"]``, then decodes dev and test at the best
+    dev checkpoint (hypothesis/reference arks, per-utterance file, results.json)."""
+    head = hparams["head_class"](num_outputs=tokenizer.size)
+    hparams["tokenizer"] = tokenizer
+    hparams["modules"]["head"] = head
+    hparams["checkpointer"].add_recoverable("head", head)
+    add_targets(datasets, tokenizer, hparams)
+    brain = CTCBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.run_info.update({f"{name}_items": len(data) for name, data in datasets.items()})
+    brain.run_info.update(getattr(datasets["train"], "counts", {}))
+    brain.run_info["vocabulary_size"] = tokenizer.size
+    brain.run_info.update(run_info or {})
+    brain.use_cached_features(datasets)
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["dev"],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    for split in ("dev", "test"):  # test last: its results.json marks the run as done
+        brain.transcript_split = split
+        brain.evaluate(datasets[split], test_loader_kwargs=hparams["test_dataloader_opts"])
+    brain.transcript_split = None
+    return brain
+
+
+def prepare_and_train(hparams, run_opts):
+    """From the prepared manifests to results.json: the training set less the excluded
+    utterances (``exclude_utterances``), the tokenizer, training, decoding."""
+    excluded, exclusion_info = resolve_exclusions(hparams["exclude_utterances"],
+                                                  hparams["upstream_source"])
+    datasets = ctc_dataio_prepare(hparams, excluded)
+    tokenizer = build_tokenizer(hparams, datasets["train"])
+    return train_and_test(hparams, run_opts, datasets, tokenizer, run_info=exclusion_info)
+
+
+# ---------------------------------------------------------------------- targets
+UNITS = ("characters", "sentencepiece", "slot_characters")
+
+
+def build_tokenizer(hparams, train_dataset):
+    """The tokenizer of ``hparams["unit"]``.
+
+    ``characters``: s3prl's ASR characters; ``sentencepiece``: a model trained on the
+    training transcripts of this run (``<output_folder>/tokenizer/``; the same transcripts
+    give the same model, so a rerun finds it unchanged); ``slot_characters``: s3prl's SF
+    characters and the slot tags of the prepared ``labels.json``.
+    """
+    unit = hparams["unit"]
+    if unit == "characters":
+        return CharacterTokenizer()
+    if unit == "slot_characters":
+        slot_types = label_inventory(hparams["manifest_folder"], ["slot_types"])["slot_types"]
+        return SlotCharacterTokenizer(slot_types)
+    if unit == "sentencepiece":
+        texts = [train_dataset.data[data_id]["wrd"] for data_id in train_dataset.data_ids]
+        prefix = Path(hparams["output_folder"]) / "tokenizer" / "units"
+        run_on_main(train_sentencepiece,
+                    args=[texts, str(prefix), int(hparams["sentencepiece_vocab_size"])],
+                    kwargs={"model_type": hparams["sentencepiece_model_type"]})
+        return SubwordTokenizer(f"{prefix}.model")
+    raise OptionError(f"--unit must be one of {', '.join(UNITS)}, got {unit!r}")
+
+
+def resolve_exclusions(option, upstream_source):
+    """``(ids, info)``: the training utterances to leave out, and what results.json says.
+
+    ``auto``: the utterances the encoder was rewired on, when its ``rewiring.json`` lists
+    them (none for a baseline); ``none``: nothing; any other value: a file of ids, one
+    per line.
+    """
+    from rewire_lobes.data.librispeech import rewiring_exclusions
+
+    text = "none" if option is None else str(option)
+    if text == "auto":
+        ids, info = rewiring_exclusions(upstream_source)
+        return set(ids), {"exclusions": {"rule": "auto", **info}}
+    if text == "none":
+        return set(), {"exclusions": {"rule": "none"}}
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise OptionError(f"--exclude_utterances {option}: no such file (give auto, none, or "
+                          "a file of utterance ids, one per line)")
+    raw = path.read_bytes()
+    ids = {line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()}
+    return ids, {"exclusions": {"rule": "file", "file": str(path.resolve()),
+                                "sha256": hashlib.sha256(raw).hexdigest(), "listed": len(ids)}}
