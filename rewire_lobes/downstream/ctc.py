@@ -248,7 +248,15 @@ def ctc_dataio_prepare(hparams, excluded=frozenset()):
 
 
 def add_targets(datasets, tokenizer, hparams):
-    """Adds the ``tokens``/``token_len`` pipeline of ``tokenizer`` to every split."""
+    """Adds the ``tokens``/``token_len`` pipeline of ``tokenizer`` to every split.
+
+    Every row is encoded once first, so that a transcript the vocabulary cannot spell
+    stops the run now, naming the utterance, rather than at its first batch.
+    """
+    encode = hparams["encode_targets"]
+    for dataset in datasets.values():
+        for data_id in dataset.data_ids:
+            encode(tokenizer, data_id, dataset.data[data_id])
     sb.dataio.dataset.add_dynamic_item(
         list(datasets.values()),
         target_pipeline(tokenizer, hparams["encode_targets"], list(hparams["target_columns"])))
