@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""The main job on the embedded default: rewire an encoder, then KS and IC before and after.
+"""The main job on the embedded default: rewire an encoder, then KS, IC, ASR and SF
+before and after.
 
 1. Rewires the embedded encoder with ``recipes/rewire/train.py`` (skipped when
    ``--rewired_encoder`` names an encoder directory that is already rewired).
-2. Trains the SUPERB KS and IC heads at ``--fraction`` (default 1 %) on the encoder the
-   rewiring started from (``baseline``) and on the rewired one.
-3. Prints a table like the paper's Table 2: test accuracy at the best dev checkpoint and
+2. Trains the SUPERB KS, IC, ASR and SF heads at ``--fraction`` (default 1 %) on the
+   encoder the rewiring started from (``baseline``) and on the rewired one. Each
+   encoder's features are extracted once per task and shared by its runs.
+3. Prints a table like the paper's Table 2: the test score at the best dev checkpoint and
    the updates needed to reach it, and writes it to ``<output_root>/demo/summary.md``.
 
     python utils/demo.py                                   # everything, embedded default
@@ -27,7 +29,8 @@ from rewire_lobes.runs.defaults import DEFAULT_UPSTREAM, resolve_upstream_source
 from rewire_lobes.io_utils import write_json_atomic, write_text_atomic  # noqa: E402
 from rewire_lobes.runs.cli import encoder_id  # noqa: E402
 
-TASKS = {"KS": "hparams/ks.yaml", "IC": "hparams/ic.yaml"}
+TASKS = {"KS": "hparams/ks.yaml", "IC": "hparams/ic.yaml", "ASR": "hparams/asr.yaml",
+         "SF": "hparams/sf.yaml"}
 
 
 def parse_args(argv):
@@ -85,13 +88,14 @@ def downstream(task, encoder, strategy, args):
 
 def table(rows):
     lines = [
-        "| task | encoder | strategy | fraction | best dev | test acc. (%) | updates to best | updates |",
+        "| task | encoder | strategy | fraction | best dev | test | updates to best | updates |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['task']} | {Path(r['encoder']['source']).name} | {r['strategy']} | "
-            f"{r['fraction']:g} | {r['best_dev']:.2f} ({r['dev_metric']}) | {r['test']:.2f} | "
+            f"{r['fraction']:g} | {r['best_dev']:.2f} ({r['dev_metric']}) | "
+            f"{r['test']:.2f} ({r['metric']}{', ' + r['unit'] if r['unit'] else ''}) | "
             f"{r['best_step']} | {r['steps']} |"
         )
     return "\n".join(lines) + "\n"
