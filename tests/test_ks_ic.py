@@ -266,7 +266,7 @@ def test_yamls_share_overridable_keys_and_avoid_run_option_prefixes():
     from speechbrain.core import RunOptions
 
     options = [o for o in RunOptions().as_dict() if o != "overridden_args"]
-    for name in ("ks.yaml", "ic.yaml"):
+    for name in ("ks.yaml", "ic.yaml", "asr.yaml", "sf.yaml"):
         keys = set(ruamel.yaml.YAML().load((REPO / "hparams" / name).read_text()))
         assert SHARED_KEYS <= keys, (name, SHARED_KEYS - keys)
         clashes = [(k, o) for k in keys for o in options if o != k and o.startswith(k)]
