@@ -29,6 +29,7 @@ test-fast: setup
 bench: setup
 	$(PY) utils/bench_rewire.py
 	$(PY) utils/bench_downstream.py
+	$(PY) utils/bench_ctc.py
 
 clean:
 	rm -rf $(VENV) results data/mini
