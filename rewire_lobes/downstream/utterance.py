@@ -15,7 +15,6 @@ the cache does, so both modes see the same inputs. Dev crops are fixed, so each 
 encoded once per evaluation.
 """
 
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -137,29 +136,6 @@ class UtteranceBrain(DownstreamBrain):
         self.run_info["feature_mode"] = "cached"
         self.run_info["feature_seconds"] = round(time.time() - start, 3)
         return datasets
-
-    @contextlib.contextmanager
-    def _head_threads(self):
-        """One CPU thread while training on cached features, then the previous setting.
-
-        The head's ops are tiny, so a second OpenMP thread only adds synchronisation: 225
-        vs 40 updates/s of this head with 1 vs 2 threads on 2 busy cores.
-        """
-        threads = torch.get_num_threads()
-        if self.hparams.cache_features and self.device_type == "cpu":
-            torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-
-    def fit(self, *args, **kwargs):
-        with self._head_threads():
-            return super().fit(*args, **kwargs)
-
-    def evaluate(self, *args, **kwargs):
-        with self._head_threads():
-            return super().evaluate(*args, **kwargs)
 
     def draw_keyed(self, dataset):
         """The training set's random crops learn each draw's position (a crop per draw)."""
