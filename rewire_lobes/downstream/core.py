@@ -190,7 +190,7 @@ class DownstreamBrain(sb.Brain):
         embedded BLSTM-CTC head 3-4 times faster with one (utils/bench_ctc.py).
         """
         threads = torch.get_num_threads()
-        if self.hparams.cache_features and self.device_type == "cpu":
+        if getattr(self.hparams, "cache_features", False) and self.device_type == "cpu":
             torch.set_num_threads(1)
         try:
             yield
