@@ -181,17 +181,17 @@ class DownstreamBrain(sb.Brain):
             counts[label] = counts.get(label, 0) + 1
         return [len(labels) / counts[label] for label in labels]
 
+    # CPU threads while a head trains on cached features (None: torch's setting).
+    cached_head_threads = None
+
     @contextlib.contextmanager
     def _head_threads(self):
-        """One CPU thread while training on cached features, then the previous setting.
-
-        A head's ops are small, so on busy cores a second OpenMP thread mostly spins: the
-        utterance head ran 225 vs 40 updates/s with 1 vs 2 threads on 2 busy cores, and the
-        embedded BLSTM-CTC head 3-4 times faster with one (utils/bench_ctc.py).
-        """
+        """``cached_head_threads`` CPU threads while training on cached features, then the
+        previous setting (see the subclasses for what was measured)."""
         threads = torch.get_num_threads()
-        if getattr(self.hparams, "cache_features", False) and self.device_type == "cpu":
-            torch.set_num_threads(1)
+        wanted = self.cached_head_threads
+        if wanted and getattr(self.hparams, "cache_features", False) and self.device_type == "cpu":
+            torch.set_num_threads(wanted)
         try:
             yield
         finally:

@@ -59,6 +59,10 @@ class CTCBrain(DownstreamBrain):
     ``frame_cache_max_gb``, ``feature_batch_size``, ``gain_db``, ``output_folder``.
     """
 
+    # Torch's own thread count: on 2 idle cores the embedded BLSTM-CTC head trains 1.3x
+    # faster with 2 threads than with 1 (docs/benchmarks.md).
+    cached_head_threads = None
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.trains_upstream and self.hparams.cache_features:
