@@ -37,3 +37,22 @@ def is_embedded_data(data_folder):
     default = repo_path(DEFAULT_DATA_FOLDER)
     resolved = repo_path(data_folder)
     return resolved == default or default in resolved.parents
+
+
+def resolve_data_folder(data_folder):
+    """The folder ``data_folder`` names, resolved: under the repository for the embedded default.
+
+    The embedded default (:func:`is_embedded_data`) is found from any working directory
+    (:func:`repo_path`); any other folder is read as given, ``~`` expanded, relative to
+    the working directory. Nothing is generated or checked.
+
+    Example
+    -------
+    >>> resolve_data_folder("data/mini/SNIPS") == REPO_ROOT / "data" / "mini" / "SNIPS"
+    True
+    >>> resolve_data_folder("/corpora/SNIPS/../LibriSpeech").as_posix()
+    '/corpora/LibriSpeech'
+    """
+    if is_embedded_data(data_folder):
+        return repo_path(data_folder)
+    return Path(str(data_folder)).expanduser().resolve()

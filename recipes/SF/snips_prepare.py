@@ -48,17 +48,16 @@ from rewire_lobes.data.manifests import (
     prepared_folder,
     write_manifest,
 )
-from rewire_lobes.embedded import is_embedded_data, repo_path
+from rewire_lobes.embedded import is_embedded_data, resolve_data_folder
 from rewire_lobes.errors import DataFileError, DataFolderError, OptionError
 from rewire_lobes.io_utils import write_json_atomic
 from rewire_lobes.runs.defaults import ensure_default_data
-from rewire_lobes.text.slots import S3PRL_SLOT_CHARACTERS, spoken_words
+from rewire_lobes.text.slots import OUTSIDE, unspellable_characters
 
 logger = logging.getLogger(__name__)
 
 TRANSCRIPT = "all.iob.snips.txt"
 SLOTS_FILE = "slots.txt"
-OUTSIDE = "O"
 SPLIT_FOLDERS = {"train": "train", "dev": "valid", "test": "test"}
 # s3prl/downstream/ctc/snips.yaml: the Polly voices of each set, each from its own folder.
 TRAIN_SPEAKERS = ("Ivy", "Joanna", "Joey", "Justin", "Kendra", "Kimberly", "Matthew", "Salli")
@@ -107,7 +106,7 @@ def prepare_snips(
     if shared:
         raise OptionError(f"voices {shared} are in two sets: SUPERB's train, dev and test "
                           "voices are distinct")
-    options = {"data_folder": str(snips_root(data_folder)),
+    options = {"data_folder": str(resolve_data_folder(data_folder)),
                **{f"{name}_speakers": voices for name, voices in speakers.items()}}
     save_folder = prepared_folder(manifest_root, options)
     if skip_prep:
@@ -136,19 +135,12 @@ def _speaker_list(voices, option):
     return voices
 
 
-def snips_root(data_folder):
-    """The folder ``data_folder`` names: under the repository for the embedded default."""
-    if is_embedded_data(data_folder):
-        return repo_path(data_folder)
-    return Path(str(data_folder)).expanduser().resolve()
-
-
 def locate_snips(data_folder):
     """The SNIPS folder to read, checked to hold the layout; the embedded one is generated."""
     if is_embedded_data(data_folder):
         # A no-op when the mini corpus is complete; a user's own folder is never written to.
         ensure_default_data(data_folder, TRANSCRIPT, "snips")
-    root = snips_root(data_folder)
+    root = resolve_data_folder(data_folder)
     needed = [*SPLIT_FOLDERS.values(), TRANSCRIPT, SLOTS_FILE]
     missing = [name for name in needed if not (root / name).exists()]
     if missing:
@@ -190,7 +182,7 @@ def read_iob(path, slot_types):
     and ``EOS`` words and the leading ``O`` and trailing intent are dropped. A malformed
     line, a slot label not in ``slot_types`` or a repeated uttid is a
     :class:`DataFileError` naming the line; so are words s3prl cannot spell
-    (:func:`unspellable_characters`), listed all at once.
+    (:func:`rewire_lobes.text.slots.unspellable_characters`), listed all at once.
     """
     known = {OUTSIDE, *slot_types}
     utterances, unspellable = {}, []
@@ -218,7 +210,7 @@ def read_iob(path, slot_types):
         if uttid in utterances:
             raise DataFileError(f"{where}: {uttid} is listed twice (first on line "
                                 f"{utterances[uttid][0]})")
-        characters = unspellable_characters(words)
+        characters = sorted(set(unspellable_characters(words)))
         if characters:
             unspellable.append(f"line {number} {uttid}: {' '.join(map(repr, characters))}")
         utterances[uttid] = (number, words, slots, intent)
@@ -232,25 +224,6 @@ def read_iob(path, slot_types):
             "(s3prl/preprocess/snips_text_norm.py); this corpus was not normalised"
         )
     return utterances
-
-
-def unspellable_characters(words):
-    """The characters of ``words`` that s3prl's SF vocabulary lacks, sorted.
-
-    The words s3prl skips (``? ! . , ; -``) are not spelled, and ``&`` is spelled AND
-    (:func:`rewire_lobes.text.slots.spoken_words`), so neither counts.
-
-    Example
-    -------
-    >>> unspellable_characters(["ROCK", "&", "ROLL", "?", "CAFÉ", "No"])
-    ['o', 'É']
-    """
-    return sorted({
-        character
-        for _, word in spoken_words(words)
-        for character in word
-        if character not in S3PRL_SLOT_CHARACTERS
-    })
 
 
 def split_rows(root, folder, speakers, utterances):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from rewire_lobes.data.audio import SAMPLE_RATE, AudioError, audio_info
 from rewire_lobes.data.manifests import checked_16k_mono
-from rewire_lobes.embedded import is_embedded_data, repo_path
+from rewire_lobes.embedded import is_embedded_data, resolve_data_folder
 from rewire_lobes.errors import DataFileError, DataFolderError, OptionError
 from rewire_lobes.runs.defaults import ensure_default_data
 from rewire_lobes.runs.provenance import RECORD_FILE
@@ -44,14 +44,9 @@ TRANSCRIPT_SUFFIX = ".trans.txt"
 AUDIO_SUFFIX = ".flac"
 
 
-def librispeech_root(data_folder):
-    """The folder ``data_folder`` names: under the repository for the embedded default.
-
-    Nothing is generated or checked; see :func:`locate_librispeech`.
-    """
-    if is_embedded_data(data_folder):
-        return repo_path(data_folder)
-    return Path(str(data_folder)).expanduser().resolve()
+# The folder a data_folder names, unchecked (see locate_librispeech): the name
+# recipes/ASR/librispeech_prepare.py imports.
+librispeech_root = resolve_data_folder
 
 
 def locate_librispeech(data_folder, splits):
@@ -65,7 +60,7 @@ def locate_librispeech(data_folder, splits):
         # A no-op when the mini corpus is complete; it (re)generates a missing or
         # half-written one.
         ensure_default_data(data_folder, splits[0], "librispeech")
-    folder = librispeech_root(data_folder)
+    folder = resolve_data_folder(data_folder)
     if not folder.is_dir():
         raise DataFolderError(
             f"{data_folder}: no such LibriSpeech folder (pass --data_folder /path/to/LibriSpeech, "

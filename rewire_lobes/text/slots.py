@@ -54,6 +54,34 @@ def spoken_words(words):
     ]
 
 
+def unspellable_characters(words):
+    """The characters of the spoken ``words`` outside s3prl's SF vocabulary, in order.
+
+    Only :func:`spoken_words` count: the marks s3prl skips are not spelled and ``&`` is
+    spelled ``AND``. A character is listed each time it occurs, so a caller can count it.
+
+    Arguments
+    ---------
+    words : list of str
+
+    Returns
+    -------
+    list of str
+        Those s3prl would encode as ``<unk>``.
+
+    Example
+    -------
+    >>> unspellable_characters(["ROCK", "&", "ROLL", "?", "CAFÉ", "No", "É"])
+    ['É', 'o', 'É']
+    """
+    return [
+        character
+        for _, word in spoken_words(words)
+        for character in word
+        if character not in S3PRL_SLOT_CHARACTERS
+    ]
+
+
 def _utterance(data_id):
     return f"utterance {data_id}" if data_id is not None else "an utterance"
 
@@ -127,14 +155,6 @@ class SlotCharacterTokenizer:
                 f"{_utterance(data_id)}: slot labels {unknown} are not in slots.txt"
             )
 
-    def _unknown_characters_of(self, words):
-        return [
-            character
-            for _, word in spoken_words(words)
-            for character in word
-            if character not in S3PRL_SLOT_CHARACTERS
-        ]
-
     def check_text(self, words, data_id):
         """Raises :class:`DataFileError` listing the characters of ``words`` outside the
         vocabulary (those s3prl would encode as ``<unk>``), naming ``data_id``.
@@ -150,7 +170,7 @@ class SlotCharacterTokenizer:
         ...
         rewire_lobes.errors.DataFileError: utterance utt2: characters 'É' are not in ...
         """
-        unknown = self._unknown_characters_of(words)
+        unknown = unspellable_characters(words)
         if unknown:
             listed = " ".join(repr(character) for character in sorted(set(unknown)))
             raise DataFileError(
@@ -192,7 +212,7 @@ class SlotCharacterTokenizer:
         if self.unknown == "refuse":
             self.check_text(words, data_id)
         else:
-            self.unknown_characters.update(self._unknown_characters_of(words))
+            self.unknown_characters.update(unspellable_characters(words))
         last = len(words) - 1
         ids = []
         for position, word in spoken_words(words):
