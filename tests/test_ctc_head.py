@@ -139,3 +139,17 @@ def test_padded_blstm_equals_a_packed_bidirectional_lstm():
                                                      enforce_sorted=False)
     expected, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_lstm(packed)[0], batch_first=True)
     assert torch.allclose(ours(x, lengths), expected, atol=1e-6)
+
+
+def test_transcript_scorer_cer_counts_characters_for_subword_units(tmp_path):
+    from rewire_lobes.text.subwords import SubwordTokenizer, train_sentencepiece
+
+    texts = ["HELLO WORLD", "HELLO THERE", "WORLD PEACE", "A SMALL WORLD"] * 5
+    train_sentencepiece(texts, str(tmp_path / "units"), vocab_size=20)
+    tokenizer = SubwordTokenizer(str(tmp_path / "units.model"))
+    scorer = TranscriptScorer(tokenizer)
+    ref = tokenizer.encode("HELLO WORLD")
+    hyp = [i for i in tokenizer.encode("HELLO WORD") if i != tokenizer.eos_index]
+    scorer.append(["u1"], [hyp], [ref])
+    # Characters as for the character tokenizer: one deletion of 12 units, whatever the pieces.
+    assert abs(scorer.summarize()["cer"] - 100.0 / 12) < 1e-9

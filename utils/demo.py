@@ -71,16 +71,24 @@ def rewire(args):
     return folder / "upstream"
 
 
+def same_training_set(task, rewired):
+    """ASR leaves out the rewired encoder's rewiring utterances (the paper's footnote): the
+    baseline is given the same list, so that both train on the same utterances."""
+    subset = Path(rewired) / "rewiring_subset.txt"
+    return ["--exclude_utterances", str(subset)] if task == "ASR" and subset.is_file() else []
+
+
 def rewiring_record(encoder):
     path = Path(encoder) / "rewiring.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def downstream(task, encoder, strategy, args):
+def downstream(task, encoder, strategy, args, *extra):
     """Trains one head; returns its results.json as a dict."""
     # No --strategy: the recipe reads it from the encoder's rewiring.json (or "baseline").
     run([f"recipes/{task}/train.py", TASKS[task], "--upstream_source", str(encoder),
-         "--fraction", args.fraction, "--seed", args.seed, "--output_root", args.output_root])
+         "--fraction", args.fraction, "--seed", args.seed, "--output_root", args.output_root,
+         *extra])
     folder = Path(args.output_root) / task / encoder_id(str(Path(encoder).resolve())) / strategy
     for path in sorted(folder.glob(f"fraction*_seed{args.seed}/results.json")):
         results = json.loads(path.read_text())
@@ -122,7 +130,7 @@ def main(argv):
     strategy = record.get("strategy") or Path(args.rewire_hparams).stem
     rows = []
     for task in args.tasks:
-        rows.append(downstream(task, baseline, "baseline", args))
+        rows.append(downstream(task, baseline, "baseline", args, *same_training_set(task, rewired)))
         rows.append(downstream(task, rewired, strategy, args))
     summary = table(rows)
     if record.get("random_init_fallback"):

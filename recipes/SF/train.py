@@ -21,13 +21,14 @@ import sys
 from snips_prepare import prepare_snips
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.downstream.ctc import prepare_and_train
+from rewire_lobes.downstream.ctc import exclusion_identity, prepare_and_train
 from rewire_lobes.runs.cli import load_recipe_hparams, start_experiment, user_errors
 
 
 def main(argv):
     # Resolves the encoder, the profile and the strategy; claims the run folder.
-    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(argv)
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(
+        argv, identity_extras=exclusion_identity)
     start_experiment(hparams, hparams_file, overrides)
 
     hparams["manifest_folder"] = run_on_main(

@@ -18,9 +18,9 @@ neighbours, so that little of a batch is padding (``superb_protocol.md`` §1, §
 round ``r`` depends only on the seed and ``r``, so a resumed run draws the same batches.
 """
 
-import hashlib
-
 import torch
+
+from rewire_lobes.downstream.schedule import StepSampler
 
 
 def _longest_first(lengths):
@@ -74,8 +74,9 @@ def sliding_windows(sort_lengths, sample_lengths, batch_size, half_batch_above):
 class BatchStepSampler(torch.utils.data.Sampler):
     """``batches_per_round`` batches per round from seeded shuffles of ``batches``.
 
-    ``batches`` (lists of item indices) form one pass; every pass visits them all in an
-    order drawn from ``(seed, pass index)``, and the stream runs across round boundaries.
+    ``batches`` (lists of item indices) form one pass; every pass visits them all in a
+    seeded order and the stream runs across round boundaries: ``schedule.StepSampler``'s
+    stream, over batches instead of items.
 
     Example
     -------
@@ -90,33 +91,13 @@ class BatchStepSampler(torch.utils.data.Sampler):
         if not batches:
             raise ValueError("the training set is empty")
         self.batches = [list(batch) for batch in batches]
-        self.batches_per_round = int(batches_per_round)
-        self.seed = int(seed)
-        self.epoch = 1
+        self.order = StepSampler(len(self.batches), batches_per_round, seed=seed)
 
     def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def _order(self, pass_index):
-        key = f"{self.seed}\0batches\0{pass_index}".encode()
-        generator = torch.Generator().manual_seed(int(hashlib.sha256(key).hexdigest()[:15], 16))
-        return torch.randperm(len(self.batches), generator=generator).tolist()
+        self.order.set_epoch(epoch)
 
     def __iter__(self):
-        count = len(self.batches)
-        start = (self.epoch - 1) * self.batches_per_round
-        stop = start + self.batches_per_round
-        drawn = []
-        for pass_index in range(start // count, (stop - 1) // count + 1):
-            offset = pass_index * count
-            order = self._order(pass_index)
-            drawn.extend(order[max(start - offset, 0) : min(stop - offset, count)])
-        return iter([self.batches[b] for b in drawn])
+        return iter([self.batches[b] for b in self.order])
 
     def __len__(self):
-        return self.batches_per_round
-
-    @property
-    def items(self):
-        """Every item index that some batch holds."""
-        return sorted({i for batch in self.batches for i in batch})
+        return len(self.order)

@@ -30,15 +30,16 @@ from rewire_lobes.downstream.batching import length_buckets, sliding_windows
 from rewire_lobes.downstream.core import DownstreamBrain
 from rewire_lobes.downstream.ctc_decoding import greedy_ctc
 from rewire_lobes.data.fractions import check_fraction
-from rewire_lobes.data.manifests import write_manifest
+from rewire_lobes.data.manifests import read_manifest, write_manifest
 from rewire_lobes.downstream.dataio import (
     audio_pipeline,
     audio_pipeline_tag,
     label_inventory,
     write_train_subset,
 )
+from rewire_lobes.downstream.features import ensure_cached
 from rewire_lobes.downstream.frame_cache import FrameCache, frame_batch, frame_feature_pipeline
-from rewire_lobes.errors import OptionError
+from rewire_lobes.errors import DataFileError, OptionError
 from rewire_lobes.text.characters import CharacterTokenizer
 from rewire_lobes.text.slots import SlotCharacterTokenizer
 from rewire_lobes.text.subwords import SubwordTokenizer, train_sentencepiece
@@ -53,15 +54,11 @@ class CTCBrain(DownstreamBrain):
 
     Extra hyperparameters: ``featurizer``, ``head`` (``RNNCTCHead``), ``tokenizer`` (its
     ``blank_index`` is the CTC blank), ``scorer_class`` (called with the tokenizer),
-    ``specaug`` (``FeatureSpecAugment`` or null), ``batching`` (``length_buckets`` for
+    ``specaug`` (``FeatureSpecAugment``) and ``use_specaug``, ``batching`` (``length_buckets`` for
     ASR, ``sliding_windows`` for SF), ``batch_size``, ``half_batch_above`` (samples),
     ``cache_features``, ``cached_splits``, ``frame_cache_folder``, ``frame_cache_dtype``,
     ``frame_cache_max_gb``, ``feature_batch_size``, ``gain_db``, ``output_folder``.
     """
-
-    # Torch's own thread count: on 2 idle cores the embedded BLSTM-CTC head trains 1.3x
-    # faster with 2 threads than with 1 (docs/benchmarks.md).
-    cached_head_threads = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -98,7 +95,7 @@ class CTCBrain(DownstreamBrain):
             if name not in cached:
                 sb.dataio.dataset.set_output_keys([dataset], ["id", "sig", "tokens", "token_len"])
                 continue
-            run_on_main(_ensure_frames, args=[cache, dataset, tag, not self.noprogressbar])
+            run_on_main(ensure_cached, args=[cache, dataset, tag, not self.noprogressbar])
             frames = cache.load(dataset, tag, progressbar=False)
             sb.dataio.dataset.add_dynamic_item([dataset], frame_feature_pipeline(frames))
             sb.dataio.dataset.set_output_keys(
@@ -130,7 +127,7 @@ class CTCBrain(DownstreamBrain):
             wavs, wav_lens = batch.sig
             hidden, frame_lens = self.modules.upstream(wavs, wav_lens)
         features = self.modules.featurizer(hidden)
-        if stage == sb.Stage.TRAIN and self.hparams.specaug is not None:
+        if stage == sb.Stage.TRAIN and self.hparams.use_specaug:
             features = self.hparams.specaug(features, frame_lens)
         logits = self.modules.head(features, frame_lens)
         return F.log_softmax(logits.float(), dim=-1), frame_lens
@@ -177,10 +174,6 @@ class CTCBrain(DownstreamBrain):
         return None
 
 
-def _ensure_frames(cache, dataset, tag, progressbar):
-    cache.load(dataset, tag, progressbar=progressbar)  # returns nothing: no broadcast
-
-
 def encode_transcript(tokenizer, data_id, row):
     """ASR targets: the ``wrd`` column."""
     return tokenizer.encode(row["wrd"], data_id=data_id)
@@ -208,7 +201,8 @@ def target_pipeline(tokenizer, encode_targets, columns):
 def write_training_rows(train_csv, subset_csv, fraction, seed, stratify_column, quota,
                         excluded):
     """Writes the ``fraction`` draw of ``train_csv`` less the ``excluded`` ids to
-    ``subset_csv``; returns ``(drawn, left_out)`` counts.
+    ``subset_csv``; returns the counts for results.json: drawn, left out, and listed
+    but not in the training split at all (warned: a list made for other data?).
 
     The draw is made on the whole training split and the exclusions are taken from it
     afterwards, so that two encoders with different exclusions train on the same draw
@@ -216,13 +210,19 @@ def write_training_rows(train_csv, subset_csv, fraction, seed, stratify_column, 
     """
     rows = write_train_subset(train_csv, subset_csv, fraction, seed, stratify_column,
                               quota=quota)
+    unknown = set(excluded) - {row["ID"] for row in read_manifest(train_csv)}
+    if unknown:
+        logger.warning("%d of the %d utterances to leave out are not in %s (e.g. %s): a list "
+                       "made for other data?", len(unknown), len(excluded), train_csv,
+                       sorted(unknown)[:3])
     kept = [row for row in rows if row["ID"] not in excluded]
     if not kept:
         raise OptionError(f"{subset_csv}: every one of the {len(rows)} drawn training "
                           "utterances is excluded (exclude_utterances)")
     if len(kept) != len(rows):
         write_manifest(subset_csv, kept, fieldnames=list(rows[0].keys()))
-    return len(rows), len(rows) - len(kept)
+    return {"train_drawn": len(rows), "train_excluded": len(rows) - len(kept),
+            "excluded_not_in_train": len(unknown)}
 
 
 def ctc_dataio_prepare(hparams, excluded=frozenset()):
@@ -235,7 +235,7 @@ def ctc_dataio_prepare(hparams, excluded=frozenset()):
     check_fraction(hparams["fraction"])
     folder = Path(hparams["manifest_folder"])
     subset_csv = Path(hparams["output_folder"]) / "train_subset.csv"
-    drawn, left_out = run_on_main(
+    counts = run_on_main(
         write_training_rows,
         args=[folder / "train.csv", subset_csv, hparams["fraction"], hparams["seed"],
               hparams["stratify_column"], hparams["fraction_quota"], set(excluded)],
@@ -247,7 +247,7 @@ def ctc_dataio_prepare(hparams, excluded=frozenset()):
         "test": from_csv(csv_path=str(folder / "test.csv")).filtered_sorted(sort_key="duration"),
     }
     sb.dataio.dataset.add_dynamic_item(list(datasets.values()), audio_pipeline(hparams["gain_db"]))
-    datasets["train"].counts = {"train_drawn": drawn, "train_excluded": left_out}
+    datasets["train"].counts = counts
     return datasets
 
 
@@ -303,6 +303,7 @@ def train_and_test(hparams, run_opts, datasets, tokenizer, run_info=None):
 def prepare_and_train(hparams, run_opts):
     """From the prepared manifests to results.json: the training set less the excluded
     utterances (``exclude_utterances``), the tokenizer, training, decoding."""
+    check_unit(hparams["task"], hparams["unit"])
     excluded, exclusion_info = resolve_exclusions(hparams["exclude_utterances"],
                                                   hparams["upstream_source"])
     datasets = ctc_dataio_prepare(hparams, excluded)
@@ -311,7 +312,15 @@ def prepare_and_train(hparams, run_opts):
 
 
 # ---------------------------------------------------------------------- targets
-UNITS = ("characters", "sentencepiece", "slot_characters")
+UNITS = {"ASR": ("characters", "sentencepiece"), "SF": ("slot_characters",)}
+
+
+def check_unit(task, unit):
+    """Refuses a ``--unit`` that the task's targets cannot be written in."""
+    allowed = UNITS.get(task, ())
+    if unit not in allowed:
+        raise OptionError(f"--unit {unit!r} does not serve {task}: use one of "
+                          f"{', '.join(allowed) or '(none)'}")
 
 
 def build_tokenizer(hparams, train_dataset):
@@ -331,11 +340,13 @@ def build_tokenizer(hparams, train_dataset):
     if unit == "sentencepiece":
         texts = [train_dataset.data[data_id]["wrd"] for data_id in train_dataset.data_ids]
         prefix = Path(hparams["output_folder"]) / "tokenizer" / "units"
-        run_on_main(train_sentencepiece,
-                    args=[texts, str(prefix), int(hparams["sentencepiece_vocab_size"])],
-                    kwargs={"model_type": hparams["sentencepiece_model_type"]})
+        if not Path(f"{prefix}.model").is_file():  # a resumed run keeps the model it used
+            run_on_main(train_sentencepiece,
+                        args=[texts, str(prefix), int(hparams["sentencepiece_vocab_size"])],
+                        kwargs={"model_type": hparams["sentencepiece_model_type"]})
         return SubwordTokenizer(f"{prefix}.model")
-    raise OptionError(f"--unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    raise OptionError(f"--unit must be one of characters, sentencepiece, slot_characters, "
+                      f"got {unit!r}")
 
 
 def resolve_exclusions(option, upstream_source):
@@ -358,6 +369,18 @@ def resolve_exclusions(option, upstream_source):
         raise OptionError(f"--exclude_utterances {option}: no such file (give auto, none, or "
                           "a file of utterance ids, one per line)")
     raw = path.read_bytes()
-    ids = {line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"{path}: not a UTF-8 list of utterance ids ({err})") from None
+    ids = {line.strip() for line in text.splitlines() if line.strip()}
     return ids, {"exclusions": {"rule": "file", "file": str(path.resolve()),
                                 "sha256": hashlib.sha256(raw).hexdigest(), "listed": len(ids)}}
+
+
+def exclusion_identity(hparams, run_opts):
+    """``identity_extras`` of the CTC recipes: the digest of the list of left-out utterances,
+    so that a run folder trained without one set is never resumed with another."""
+    _, info = resolve_exclusions(hparams["exclude_utterances"], hparams["upstream_source"])
+    record = info["exclusions"]
+    return {"exclusion_list_sha256": record.get("sha256") or record.get("excluded_sha256")}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rewire_lobes.metrics.error_rates import ErrorRates, write_ark
 from rewire_lobes.metrics.slots import sf_scores
+from rewire_lobes.text.characters import CharacterTokenizer
 
 
 class DecodedStrings:
@@ -30,19 +31,29 @@ class DecodedStrings:
 
 
 class TranscriptScorer:
-    """ASR: WER and CER (s3prl's UER over the units) at corpus level, in %.
+    """ASR: WER and CER at corpus level, in %.
 
-    ``write`` adds SpeechBrain's per-utterance alignment file ``<split>-wer.txt``.
+    CER is s3prl's unit error rate over characters (``|`` for each word boundary): the
+    decoded units of a character tokenizer, or the characters of the decoded words of a
+    sub-word one (whose pieces are not characters). ``write`` adds SpeechBrain's
+    per-utterance alignment file ``<split>-wer.txt``.
     """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.rates = ErrorRates()
         self.strings = DecodedStrings()
+        self.characters = None if isinstance(tokenizer, CharacterTokenizer) else CharacterTokenizer()
+
+    def decode(self, ids):
+        """``(character units, words)`` of an id sequence."""
+        units, words = self.tokenizer.decode(ids)
+        if self.characters is not None:
+            units = self.characters.units(words)
+        return units, words
 
     def append(self, ids, hypotheses, references):
-        decoded = [(self.tokenizer.decode(h), self.tokenizer.decode(r))
-                   for h, r in zip(hypotheses, references)]
+        decoded = [(self.decode(h), self.decode(r)) for h, r in zip(hypotheses, references)]
         self.rates.append(
             list(ids),
             [hyp_words.split() for (_, hyp_words), _ in decoded],

@@ -197,3 +197,12 @@ class FeatureCache:
                 flush()
         ids = list(dataset.data_ids)
         return ids, torch.stack([vectors[data_id] for data_id in ids])
+
+
+def ensure_cached(cache, dataset, tag, progressbar):
+    """Builds ``dataset``'s cache (a ``FeatureCache`` or ``FrameCache``) if missing.
+
+    For ``run_on_main``: it returns nothing, so nothing is broadcast; every process then
+    loads the cache file.
+    """
+    cache.load(dataset, tag, progressbar=progressbar)

@@ -33,7 +33,7 @@ from rewire_lobes.downstream.dataio import (
     fixed_items,
     label_inventory,
 )
-from rewire_lobes.downstream.features import FeatureCache, pool_states
+from rewire_lobes.downstream.features import FeatureCache, ensure_cached, pool_states
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class UtteranceBrain(DownstreamBrain):
             features = None
             if len(cached):
                 # Extract on the main process only; the cache file is then read everywhere.
-                run_on_main(_ensure_cached, args=[cache, cached, tag, not self.noprogressbar])
+                run_on_main(ensure_cached, args=[cache, cached, tag, not self.noprogressbar])
                 features = cache.load(cached, tag, progressbar=False)
             if crops is None:
                 sb.dataio.dataset.add_dynamic_item([dataset], feature_pipeline(features))
@@ -215,10 +215,6 @@ class UtteranceBrain(DownstreamBrain):
 
     def summarize_scores(self, stage):
         return self.scores.summarize(self.hparams.label_columns)
-
-
-def _ensure_cached(cache, dataset, tag, progressbar):
-    cache.load(dataset, tag, progressbar=progressbar)  # returns nothing: no broadcast
 
 
 def add_head(hparams):

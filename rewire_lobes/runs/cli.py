@@ -217,6 +217,8 @@ def standard_identity(hparams, run_opts):
         "grad_accumulation_factor": int(run_option(hparams, run_opts,
                                                    "grad_accumulation_factor", 1)),
         "precision": run_option(hparams, run_opts, "precision", "fp32"),
+        # A run option too: --max_grad_norm on the command line beats the yaml's value.
+        "max_grad_norm": float(run_option(hparams, run_opts, "max_grad_norm", 5.0)),
         "world_size": world_size(),
     }
     if "data_folder" in hparams:
