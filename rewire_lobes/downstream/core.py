@@ -355,6 +355,29 @@ class DownstreamBrain(sb.Brain):
         raise NotImplementedError
 
 
+def fit_downstream(brain_class, hparams, run_opts, datasets, run_info):
+    """Builds a task's Brain from the recipe's hparams, gives each split its input (cached
+    features or audio: the subclass's ``use_cached_features``) and trains it for the
+    step budget; returns the Brain, ready to test at its best dev checkpoint."""
+    brain = brain_class(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.run_info.update(run_info)
+    brain.use_cached_features(datasets)
+    brain.fit(
+        brain.hparams.epoch_counter,
+        datasets["train"],
+        datasets["dev"],
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )
+    return brain
+
+
 def make_tensorboard_writer(folder):
     """A ``SummaryWriter``, imported only when asked for (tensorboard is an optional extra)."""
     try:

@@ -27,7 +27,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lobes.data.audio import SAMPLE_RATE
 from rewire_lobes.downstream.batching import length_buckets, sliding_windows
-from rewire_lobes.downstream.core import DownstreamBrain
+from rewire_lobes.downstream.core import DownstreamBrain, fit_downstream
 from rewire_lobes.downstream.ctc_decoding import greedy_ctc
 from rewire_lobes.data.fractions import check_fraction
 from rewire_lobes.data.manifests import read_manifest, write_manifest
@@ -274,25 +274,11 @@ def train_and_test(hparams, run_opts, datasets, tokenizer, run_info=None):
     hparams["modules"]["head"] = head
     hparams["checkpointer"].add_recoverable("head", head)
     add_targets(datasets, tokenizer, hparams)
-    brain = CTCBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.run_info.update({f"{name}_items": len(data) for name, data in datasets.items()})
-    brain.run_info.update(getattr(datasets["train"], "counts", {}))
-    brain.run_info["vocabulary_size"] = tokenizer.size
-    brain.run_info.update(run_info or {})
-    brain.use_cached_features(datasets)
-    brain.fit(
-        brain.hparams.epoch_counter,
-        datasets["train"],
-        datasets["dev"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
+    info = {f"{name}_items": len(data) for name, data in datasets.items()}
+    info.update(getattr(datasets["train"], "counts", {}))
+    info["vocabulary_size"] = tokenizer.size
+    info.update(run_info or {})
+    brain = fit_downstream(CTCBrain, hparams, run_opts, datasets, info)
     for split in ("dev", "test"):  # test last: its results.json marks the run as done
         brain.transcript_split = split
         brain.evaluate(datasets[split], test_loader_kwargs=hparams["test_dataloader_opts"])

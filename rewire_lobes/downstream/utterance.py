@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.downstream.core import DownstreamBrain
+from rewire_lobes.downstream.core import DownstreamBrain, fit_downstream
 from rewire_lobes.downstream.dataio import (
     audio_pipeline_tag,
     crop_audio_pipeline,
@@ -236,22 +236,8 @@ def add_head(hparams):
 def train_and_test(hparams, run_opts, datasets):
     """Trains the head on ``datasets["train"]``, then tests it at the best dev checkpoint."""
     add_head(hparams)
-    brain = UtteranceBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
-    brain.run_info.update(describe_datasets(hparams, datasets))
-    brain.use_cached_features(datasets)
-    brain.fit(
-        brain.hparams.epoch_counter,
-        datasets["train"],
-        datasets["dev"],
-        train_loader_kwargs=hparams["train_dataloader_opts"],
-        valid_loader_kwargs=hparams["valid_dataloader_opts"],
-    )
+    brain = fit_downstream(UtteranceBrain, hparams, run_opts, datasets,
+                           describe_datasets(hparams, datasets))
     brain.evaluate(
         datasets["test"],
         max_key=hparams["dev_metric"],
