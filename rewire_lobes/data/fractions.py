@@ -152,8 +152,9 @@ def subsample_rows(rows, fraction, seed, label_key="label", group_key=None, quot
         Share of the groups of each label to keep, in (0, 1].
     seed : int
         Seeds the per-label permutations.
-    label_key : str
-        The column to stratify on.
+    label_key : str or None
+        The column to stratify on; None: no stratification (one stratum, as for
+        diarization mixtures).
     group_key : str, optional
         Rows with the same value here are kept or dropped together (and must share a
         label). ``None``: each row is its own group.
@@ -164,7 +165,7 @@ def subsample_rows(rows, fraction, seed, label_key="label", group_key=None, quot
     group_labels = {}
     for row in rows:
         group = row[group_key] if group_key else row["ID"]
-        label = row[label_key]
+        label = row[label_key] if label_key else ""
         if group_labels.setdefault(group, label) != label:
             raise ValueError(
                 f"group '{group}' mixes labels '{group_labels[group]}' and '{label}'"

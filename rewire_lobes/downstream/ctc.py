@@ -17,7 +17,6 @@ checked and recorded.
 import hashlib
 import logging
 import math
-import time
 from pathlib import Path
 
 import speechbrain as sb
@@ -27,18 +26,12 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lobes.data.audio import SAMPLE_RATE
 from rewire_lobes.downstream.batching import length_buckets, sliding_windows
-from rewire_lobes.downstream.core import DownstreamBrain, fit_downstream
+from rewire_lobes.downstream.core import fit_downstream
 from rewire_lobes.downstream.ctc_decoding import greedy_ctc
 from rewire_lobes.data.fractions import check_fraction
 from rewire_lobes.data.manifests import read_manifest, write_manifest
-from rewire_lobes.downstream.dataio import (
-    audio_pipeline,
-    audio_pipeline_tag,
-    label_inventory,
-    write_train_subset,
-)
-from rewire_lobes.downstream.features import ensure_cached
-from rewire_lobes.downstream.frame_cache import FrameCache, frame_batch, frame_feature_pipeline
+from rewire_lobes.downstream.dataio import audio_pipeline, label_inventory, write_train_subset
+from rewire_lobes.downstream.frame_level import FrameLevelBrain
 from rewire_lobes.errors import DataFileError, OptionError
 from rewire_lobes.text.characters import CharacterTokenizer
 from rewire_lobes.text.slots import SlotCharacterTokenizer
@@ -49,62 +42,26 @@ logger = logging.getLogger(__name__)
 BATCHING = ("length_buckets", "sliding_windows")
 
 
-class CTCBrain(DownstreamBrain):
+class CTCBrain(FrameLevelBrain):
     """SUPERB's BLSTM-CTC head (ASR, SF) on an SSL upstream.
 
     Extra hyperparameters: ``featurizer``, ``head`` (``RNNCTCHead``), ``tokenizer`` (its
     ``blank_index`` is the CTC blank), ``scorer_class`` (called with the tokenizer),
     ``specaug`` (``FeatureSpecAugment``) and ``use_specaug``, ``batching`` (``length_buckets`` for
     ASR, ``sliding_windows`` for SF), ``batch_size``, ``half_batch_above`` (samples),
-    ``cache_features``, ``cached_splits``, ``frame_cache_folder``, ``frame_cache_dtype``,
-    ``frame_cache_max_gb``, ``feature_batch_size``, ``gain_db``, ``output_folder``.
+    ``output_folder``, and ``FrameLevelBrain``'s (the frame cache).
     """
+
+    target_keys = ("tokens", "token_len")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.trains_upstream and self.hparams.cache_features:
-            raise OptionError("cache_features needs a frozen upstream: a trained encoder's "
-                              "frames change at every update (set --cache_features False)")
         if self.hparams.batching not in BATCHING:
             raise OptionError(f"--batching must be one of {', '.join(BATCHING)}, "
                               f"got {self.hparams.batching!r}")
         self.tokenizer = self.hparams.tokenizer
         self.transcript_split = None  # "dev" / "test" while decoding at the best checkpoint
         self.scorer = None
-
-    # ------------------------------------------------------------------ data
-    def use_cached_features(self, datasets):
-        """Gives each split its input: cached ``feats`` (``cached_splits``) or ``sig``."""
-        cached = list(self.hparams.cached_splits) if self.hparams.cache_features else []
-        unknown = sorted(set(cached) - set(datasets))
-        if unknown:
-            raise OptionError(f"--cached_splits names {unknown}; the splits are {sorted(datasets)}")
-        cache = None
-        if cached:
-            cache = FrameCache(
-                self.hparams.frame_cache_folder,
-                self.hparams.upstream,
-                dtype=self.hparams.frame_cache_dtype,
-                max_disk_gb=self.hparams.frame_cache_max_gb,
-                batch_size=self.hparams.feature_batch_size,
-                encoder_hash=self.encoder_info()["content_hash"],
-            )
-        tag = audio_pipeline_tag(self.hparams.gain_db)
-        start = time.time()
-        for name, dataset in datasets.items():
-            if name not in cached:
-                sb.dataio.dataset.set_output_keys([dataset], ["id", "sig", "tokens", "token_len"])
-                continue
-            run_on_main(ensure_cached, args=[cache, dataset, tag, not self.noprogressbar])
-            frames = cache.load(dataset, tag, progressbar=False)
-            sb.dataio.dataset.add_dynamic_item([dataset], frame_feature_pipeline(frames))
-            sb.dataio.dataset.set_output_keys(
-                [dataset], ["id", "feats", "frame_len", "tokens", "token_len"])
-        self.run_info["feature_mode"] = {name: "cached" if name in cached else "on_the_fly"
-                                         for name in datasets}
-        if cached:
-            self.run_info["feature_seconds"] = round(time.time() - start, 3)
-        return datasets
 
     def train_batches(self, dataset):
         """s3prl's batches of the training set (``length_buckets`` or ``sliding_windows``)."""
@@ -119,13 +76,7 @@ class CTCBrain(DownstreamBrain):
 
     # ------------------------------------------------------------------ model
     def compute_forward(self, batch, stage):
-        batch = batch.to(self.device)
-        feats = getattr(batch, "feats", None)
-        if feats is not None:
-            hidden, frame_lens = frame_batch(feats, batch.frame_len)
-        else:
-            wavs, wav_lens = batch.sig
-            hidden, frame_lens = self.modules.upstream(wavs, wav_lens)
+        hidden, frame_lens = self.hidden_states(batch.to(self.device))
         features = self.modules.featurizer(hidden)
         if stage == sb.Stage.TRAIN and self.hparams.use_specaug:
             features = self.hparams.specaug(features, frame_lens)

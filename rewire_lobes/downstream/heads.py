@@ -7,6 +7,9 @@ averaging then projecting: the head therefore also accepts features already mean
 ``[B, D]`` (the feature cache's path) and gives the same logits.
 
 ``RNNCTCHead`` is s3prl's ASR and SF head: projector → BLSTMs → linear, trained with CTC.
+
+``SpeakerActivityHead`` is s3prl's diarization model: a unidirectional LSTM → linear, one
+logit per speaker and frame, trained with the permutation-invariant BCE.
 """
 
 import torch
@@ -151,6 +154,47 @@ class RNNCTCHead(nn.Module):
         for rnn in self.rnns:
             x = self.dropout(rnn(x, lengths))
         return self.classifier(x)
+
+
+class SpeakerActivityHead(nn.Module):
+    """LSTM over the frames → ``Linear(hidden -> speakers)``: per-frame speaker logits.
+
+    s3prl's ``diarization/model.py``: no projector, ``nn.LSTM(D, 512, num_layers=1)``,
+    unidirectional. A unidirectional LSTM never reads the padding after a sequence
+    before that sequence's valid frames, so padded batches need no packing.
+
+    Arguments
+    ---------
+    input_dim : int
+        Feature size ``D`` of the upstream.
+    num_speakers : int
+        Outputs per frame (SUPERB's Libri2Mix: 2).
+    hidden_size : int
+        SUPERB's 512.
+    num_layers : int
+        SUPERB's 1.
+
+    Example
+    -------
+    >>> head = SpeakerActivityHead(8, num_speakers=2, hidden_size=4)
+    >>> features = torch.randn(2, 5, 8)
+    >>> logits = head(features)
+    >>> logits.shape
+    torch.Size([2, 5, 2])
+    >>> padded = torch.cat([features[:1, :3], torch.randn(1, 2, 8)], dim=1)
+    >>> torch.allclose(head(padded)[0, :3], head(features[:1, :3])[0])
+    True
+    """
+
+    def __init__(self, input_dim, num_speakers=2, hidden_size=512, num_layers=1):
+        super().__init__()
+        self.rnn = nn.LSTM(input_dim, hidden_size, num_layers=num_layers, batch_first=True)
+        self.classifier = nn.Linear(hidden_size, num_speakers)
+
+    def forward(self, features):
+        """``features`` ``[B, T, D]`` → logits ``[B, T, speakers]``."""
+        output, _ = self.rnn(features)
+        return self.classifier(output)
 
 
 def repeat(value, times):

@@ -25,6 +25,7 @@ that transformers, s3prl's HF upstream and ``SSLUpstream`` all load.
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import socket
 import urllib.parse
@@ -466,6 +467,12 @@ class SSLUpstream(nn.Module):
     @property
     def hidden_size(self):
         return self.model.config.hidden_size
+
+    @property
+    def downsample_rate(self):
+        """Input samples per output frame: the product of the CNN strides (320 for the
+        wav2vec 2.0 family, i.e. 20 ms frames at 16 kHz)."""
+        return math.prod(self.model.config.conv_stride)
 
     def train(self, mode=True):
         super().train(mode)
