@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,15 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 
+from recipe_runs import (
+    assert_same_training,
+    checkpoint_folders,
+    kill_during_second_checkpoint,
+    latest_checkpoint,
+    printed,
+    results_of,
+    round_lines,
+)
 from test_user_errors import assert_one_line_error
 
 from rewire_lobes.runs.checkpoints import CrashSafeCheckpointer
@@ -77,19 +85,10 @@ def run(task, encoder, output_root, shared, *extra, data_folder=None, ok=True):
     return done
 
 
-def printed(done):
-    """What a finished run printed (SpeechBrain logs to stdout when it is not a terminal)."""
-    return done.stdout + done.stderr
-
-
 def run_folder(output_root, task):
     """The one run folder under ``output_root`` (it holds run_identity.json)."""
     (identity,) = Path(output_root).glob(f"{task}/*/*/*/run_identity.json")
     return identity.parent
-
-
-def results_of(folder):
-    return json.loads((Path(folder) / "results.json").read_text())
 
 
 def manifest(shared, task, split):
@@ -114,41 +113,6 @@ def subset_ids(folder):
     """The ids of the run's training set (``train_subset.csv``)."""
     with open(Path(folder) / "train_subset.csv", newline="", encoding="utf-8") as fin:
         return [row["ID"] for row in csv.DictReader(fin)]
-
-
-def round_lines(folder):
-    return [line for line in (Path(folder) / "train_log.txt").read_text().splitlines()
-            if line.startswith("round:")]
-
-
-def latest_checkpoint(folder):
-    """The folder of the checkpoint with the most updates in ``<folder>/save``."""
-    import yaml
-
-    checkpoints = {}
-    for meta in (Path(folder) / "save").glob("CKPT+*/CKPT.yaml"):
-        checkpoints[yaml.safe_load(meta.read_text())["step"]] = meta.parent
-    return checkpoints[max(checkpoints)]
-
-
-def head_weights(folder):
-    """The head's and the layer weights' tensors at the latest checkpoint."""
-    checkpoint = latest_checkpoint(folder)
-    weights = {}
-    for name in ("head", "featurizer"):
-        state = torch.load(checkpoint / f"{name}.ckpt", map_location="cpu")
-        weights.update({f"{name}.{key}": value for key, value in state.items()})
-    return weights
-
-
-def assert_same_training(first, second, atol=0.0):
-    a, b = head_weights(first), head_weights(second)
-    assert a.keys() == b.keys()
-    for key in a:
-        if atol == 0.0:
-            assert torch.equal(a[key], b[key]), key
-        else:
-            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0.0, msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -286,37 +250,6 @@ def test_rerun_resumes_the_finished_run(task, finished_run, budget, request, tin
 
 
 # ---------------------------------------------------------------------- 3. killed run
-def checkpoint_folders(save_folder):
-    """``{folder: names of its files}`` of the ``CKPT+*`` folders, made or being made."""
-    try:
-        folders = [entry.path for entry in os.scandir(save_folder)
-                   if entry.name.startswith("CKPT+")]
-    except FileNotFoundError:
-        return {}
-    return {Path(folder): set(os.listdir(folder)) for folder in folders}
-
-
-def kill_during_second_checkpoint(command, save_folder, log, timeout=300):
-    """Starts ``command``; SIGKILLs its process group as soon as a second ``CKPT+*``
-    folder holds a file, polled tightly: the kill lands while that checkpoint is written
-    (after SpeechBrain's own Checkpointer has written CKPT.yaml, which it does first).
-    Returns the killed process's exit status."""
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True,
-                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + timeout
-    try:
-        while sum(bool(files) for files in checkpoint_folders(save_folder).values()) < 2:
-            assert process.poll() is None, Path(log).read_text()[-3000:]
-            assert time.time() < deadline, "no second checkpoint appeared"
-            time.sleep(0.0002)
-        os.killpg(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    return process.returncode
-
-
 @register_checkpoint_hooks
 class DiesWhileSaved:
     """A recoverable whose save stops half-way once ``dying`` is set (a killed process)."""
