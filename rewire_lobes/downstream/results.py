@@ -4,7 +4,8 @@ The record says what was run (task, encoder and its content hash, where the enco
 from, the profile and every setting of the run identity), what was measured (the dev
 curve, the best dev score and the update that reached it, the test scores at that
 checkpoint) and how (the evaluation interval, i.e. the resolution of ``best_step``; wall
-time; device). The unit and direction of a score come from its metric's name, never from
+time; device). A zero-shot run (QbE: no training, no fraction, no updates) records
+``zero_shot: true`` and None for the fraction, seed and every update count. The unit and direction of a score come from its metric's name, never from
 a yaml line, so an MTWV cannot be printed as a percentage and a WER cannot be maximised.
 
 :func:`results_record` needs no Brain: a task that trains nothing (QbE) and the report
@@ -38,6 +39,7 @@ METRICS = {
     "slot_type_f1": MetricSpec("%", "max"),
     "slot_value_cer": MetricSpec("%", "min"),
     "der": MetricSpec("%", "min"),
+    "frame_der": MetricSpec("%", "min"),
     "mtwv": MetricSpec("", "max"),
     "loss": MetricSpec("", "min"),
 }
@@ -78,7 +80,7 @@ def describe_device(device):
 def results_record(*, task, encoder, metric, dev_metric, test_scores, dev_curve, best_step,
                    best_dev, steps, max_steps, eval_every_steps, fraction, seed, strategy,
                    profile, profile_reason=None, provenance=None, settings=None,
-                   wall_seconds=None, device=None, **extra):
+                   wall_seconds=None, device=None, zero_shot=False, **extra):
     """The results.json record of one run (schema :data:`RESULTS_SCHEMA`).
 
     Arguments
@@ -98,6 +100,11 @@ def results_record(*, task, encoder, metric, dev_metric, test_scores, dev_curve,
     steps, max_steps, eval_every_steps : int
         Updates done, the budget, and the evaluation interval (the resolution of
         ``best_step``).
+    fraction, seed
+        The share of the training labels and the run's seed.
+    zero_shot : bool
+        A run that trains nothing (QbE): ``fraction``, ``seed``, ``best_step``, ``steps``,
+        ``max_steps`` and ``eval_every_steps`` must then be None, and are recorded so.
     provenance : dict, optional
         ``rewire_lobes.runs.provenance.read_provenance`` of the encoder (None: baseline).
     settings : dict, optional
@@ -109,6 +116,12 @@ def results_record(*, task, encoder, metric, dev_metric, test_scores, dev_curve,
     spec = metric_spec(metric)
     if metric not in test_scores:
         raise ValueError(f"test scores {sorted(test_scores)} lack the metric '{metric}'")
+    training = {"fraction": fraction, "seed": seed, "best_step": best_step, "steps": steps,
+                "max_steps": max_steps, "eval_every_steps": eval_every_steps}
+    if zero_shot:
+        given = sorted(name for name, value in training.items() if value is not None)
+        if given:
+            raise ValueError(f"a zero-shot run trains nothing, yet {given} are given")
     return {
         "schema": RESULTS_SCHEMA,
         "task": task,
@@ -117,8 +130,9 @@ def results_record(*, task, encoder, metric, dev_metric, test_scores, dev_curve,
         "provenance": provenance,
         "profile": profile,
         "profile_reason": profile_reason,
-        "fraction": float(fraction),
-        "seed": int(seed),
+        "zero_shot": bool(zero_shot),
+        "fraction": _optional(float, fraction),
+        "seed": _optional(int, seed),
         "metric": metric,
         "dev_metric": dev_metric,
         "direction": spec.direction,
@@ -127,17 +141,21 @@ def results_record(*, task, encoder, metric, dev_metric, test_scores, dev_curve,
         "test": test_scores[metric],
         "test_scores": test_scores,
         "best_step": best_step,
-        "best_step_resolution": int(eval_every_steps),
-        "steps": int(steps),
-        "max_steps": int(max_steps),
-        "eval_every_steps": int(eval_every_steps),
-        "paper_max_steps": paper_step_budget(task, fraction),
+        "best_step_resolution": _optional(int, eval_every_steps),
+        "steps": _optional(int, steps),
+        "max_steps": _optional(int, max_steps),
+        "eval_every_steps": _optional(int, eval_every_steps),
+        "paper_max_steps": None if fraction is None else paper_step_budget(task, fraction),
         "dev_curve": [list(point) for point in dev_curve],
         "wall_seconds": None if wall_seconds is None else round(float(wall_seconds), 3),
         "device": device,
         "settings": settings or {},
         **extra,
     }
+
+
+def _optional(kind, value):
+    return None if value is None else kind(value)
 
 
 def write_results(path, record):
