@@ -35,6 +35,9 @@ def check_distance(method):
     return method
 
 
+COSINE_FAMILY = ("cosine_exp", "cosine", "cosine_neg_log")
+
+
 def frame_distances(query, documents, method="cosine_exp"):
     """Distances between every query frame and every frame of a batch of documents.
 
@@ -42,9 +45,9 @@ def frame_distances(query, documents, method="cosine_exp"):
     ---------
     query : torch.Tensor
         ``[N, D]`` query frames.
-    documents : torch.Tensor
+    documents : torch.Tensor or PaddedDocuments
         ``[B, M, D]`` document frames (padded frames may hold anything: they are masked
-        later).
+        later), or a :class:`PaddedDocuments` batch, whose unit-norm frames are reused.
     method : str
         ``cosine_exp`` (s3prl's default: ``exp(d) - 1`` of the cosine distance ``d``),
         ``cosine`` (``d = 1 - cos``), ``cosine_neg_log`` (``-log(1 - d)``, with ``1 - d``
@@ -63,17 +66,65 @@ def frame_distances(query, documents, method="cosine_exp"):
     [[[0.0, 1.0]]]
     """
     check_distance(method)
-    if method in ("cityblock", "euclidean"):
+    if not isinstance(documents, PaddedDocuments):
+        documents = PaddedDocuments.from_padded(documents, None, method)
+    if method not in COSINE_FAMILY:
         p = 1.0 if method == "cityblock" else 2.0
-        return torch.cdist(query.unsqueeze(0).expand(documents.shape[0], -1, -1), documents, p=p)
-    q = F.normalize(query, dim=-1, eps=EPSILON)
-    d = F.normalize(documents, dim=-1, eps=EPSILON)
-    cosine = torch.matmul(d, q.T).transpose(1, 2)  # [B, N, M]
+        frames = documents.frames
+        return torch.cdist(query.unsqueeze(0).expand(frames.shape[0], -1, -1), frames, p=p)
+    unit_query = F.normalize(query, dim=-1, eps=EPSILON)
+    # [N, D] x [B, D, M]: the result is contiguous [B, N, M], rows the query frames.
+    cosine = torch.matmul(unit_query, documents.unit.transpose(1, 2))
     if method == "cosine":
         return 1.0 - cosine
     if method == "cosine_exp":
         return torch.exp(1.0 - cosine) - 1.0
     return -torch.log(cosine.clamp_min(EPSILON))
+
+
+class PaddedDocuments:
+    """Documents padded into one batch, prepared once for every query matched against it.
+
+    Arguments
+    ---------
+    frames : torch.Tensor
+        ``[B, M, D]``, each document's frames first, then padding.
+    lengths : torch.Tensor
+        ``[B]`` valid frames per document.
+    method : str
+        The distance: for the cosine ones, the unit-norm frames are computed here.
+
+    Example
+    -------
+    >>> batch = PaddedDocuments.pad([torch.ones(3, 2), torch.ones(1, 2)], "cosine")
+    >>> tuple(batch.frames.shape), batch.lengths.tolist()
+    ((2, 3, 2), [3, 1])
+    """
+
+    def __init__(self, frames, lengths, method="cosine_exp"):
+        self.frames = frames
+        self.lengths = torch.as_tensor(lengths, device=frames.device)
+        self.unit = (F.normalize(frames, dim=-1, eps=EPSILON) if method in COSINE_FAMILY
+                     else None)
+
+    @classmethod
+    def pad(cls, documents, method="cosine_exp"):
+        """A batch of ``[M_b, D]`` documents, zero-padded to the longest."""
+        lengths = [doc.shape[0] for doc in documents]
+        frames = documents[0].new_zeros(len(documents), max(lengths), documents[0].shape[1])
+        for b, doc in enumerate(documents):
+            frames[b, : doc.shape[0]] = doc
+        return cls(frames, lengths, method)
+
+    @classmethod
+    def from_padded(cls, frames, lengths=None, method="cosine_exp"):
+        """A batch already padded; ``lengths`` None: every frame is valid."""
+        if lengths is None:
+            lengths = [frames.shape[1]] * frames.shape[0]
+        return cls(frames, lengths, method)
+
+    def __len__(self):
+        return self.frames.shape[0]
 
 
 def valid_columns(lengths, width, device=None):
@@ -151,17 +202,17 @@ def subsequence_dtw(distances, lengths=None):
     return cost.amin(dim=-1) / rows
 
 
-def match_costs(query, documents, lengths, method="cosine_exp", minmax=True):
+def match_costs(query, documents, lengths=None, method="cosine_exp", minmax=True):
     """DTW costs of one query against a padded batch of documents (s3prl's ``match``).
 
     Arguments
     ---------
     query : torch.Tensor
         ``[N, D]``.
-    documents : torch.Tensor
-        ``[B, M, D]``, zero- or otherwise padded.
-    lengths : sequence of int
-        Valid frames per document.
+    documents : PaddedDocuments or torch.Tensor
+        The batch; a ``[B, M, D]`` tensor needs ``lengths`` (None: no padding).
+    lengths : sequence of int, optional
+        Valid frames per document of a tensor batch.
     method : str
         See :func:`frame_distances`.
     minmax : bool
@@ -171,14 +222,18 @@ def match_costs(query, documents, lengths, method="cosine_exp", minmax=True):
     -------
     torch.Tensor : ``[B]`` costs; the score is their negative.
     """
+    if not isinstance(documents, PaddedDocuments):
+        documents = PaddedDocuments.from_padded(documents, lengths, method)
     distances = frame_distances(query, documents, method)
     if minmax:
-        distances = minmax_rows(distances, lengths)
-    return subsequence_dtw(distances, lengths)
+        # minmax_rows leaves the padded columns +inf already.
+        return subsequence_dtw(minmax_rows(distances, documents.lengths))
+    return subsequence_dtw(distances, documents.lengths)
 
 
 __all__ = [
     "DISTANCES",
+    "PaddedDocuments",
     "check_distance",
     "frame_distances",
     "valid_columns",
