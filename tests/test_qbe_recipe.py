@@ -33,6 +33,7 @@ from rewire_lobes.downstream.qbe import (
     SKIP_LONG,
     SKIP_SHORT,
     FeatureStats,
+    InMemoryFrames,
     LayerFrames,
     MatchSettings,
     match_split,
@@ -190,23 +191,6 @@ def test_prepare_hints_at_the_database_folder(quesst_copy, tmp_path):
 
 
 # ---------------------------------------------------------------------- matching
-class MemoryFrames:
-    """``LayerFrames``' interface over in-memory ``{id: [T, L+1, D]}`` arrays."""
-
-    def __init__(self, items):
-        self.items = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in items.items()}
-
-    @property
-    def ids(self):
-        return list(self.items)
-
-    def num_frames(self, item_id):
-        return self.items[item_id].shape[0]
-
-    def frames(self, item_id, layer):
-        return self.items[item_id][:, layer].clone()
-
-
 def random_items(rng, prefix, lengths, layers=2, dim=6):
     return {f"{prefix}{i}": rng.standard_normal((n, layers, dim)) for i, n in enumerate(lengths)}
 
@@ -236,7 +220,7 @@ def test_match_split_follows_s3prl_pair_by_pair():
     queries = random_items(rng, "q", [7, 3, 12, 9])  # q1 is under 5 frames
     documents = random_items(rng, "d", [30, 14, 41, 8, 25])
     for layer in (0, 1):
-        match = match_split(MemoryFrames(queries), list(queries), MemoryFrames(documents),
+        match = match_split(InMemoryFrames(queries), list(queries), InMemoryFrames(documents),
                             list(documents), layer, MatchSettings())
         np.testing.assert_allclose(match.scores, s3prl_scores(queries, documents, layer),
                                    rtol=1e-4, atol=1e-4)
@@ -248,7 +232,7 @@ def test_match_split_work_sizes_do_not_change_the_scores():
     rng = np.random.default_rng(1)
     queries = random_items(rng, "q", [6, 11, 8])
     documents = random_items(rng, "d", [20, 9, 33, 15, 27, 12, 40])
-    args = (MemoryFrames(queries), list(queries), MemoryFrames(documents), list(documents), 1)
+    args = (InMemoryFrames(queries), list(queries), InMemoryFrames(documents), list(documents), 1)
     whole = match_split(*args, MatchSettings())
     small = match_split(*args, MatchSettings(batch_elements=1, max_document_frames=30))
     np.testing.assert_allclose(small.scores, whole.scores, rtol=1e-5, atol=1e-6)
@@ -264,7 +248,7 @@ def test_query_longer_than_every_document_is_not_matched():
     rng = np.random.default_rng(2)
     queries = random_items(rng, "q", [6, 50])
     documents = random_items(rng, "d", [20, 30])
-    match = match_split(MemoryFrames(queries), list(queries), MemoryFrames(documents),
+    match = match_split(InMemoryFrames(queries), list(queries), InMemoryFrames(documents),
                         list(documents), 0, MatchSettings())
     assert match.skipped == {SKIP_SHORT: [], SKIP_LONG: ["q1"]}
     assert (match.scores[1] == 0).all() and (match.scores[0] != 0).all()

@@ -51,7 +51,7 @@ class MatchSettings:
     minmax_norm: bool = True
     feature_normalization: bool = True
     min_query_frames: int = 5
-    batch_elements: int = 1 << 24
+    batch_elements: int = 1 << 22
     max_document_frames: int = 250_000
 
     def __post_init__(self):
@@ -104,6 +104,32 @@ class LayerFrames:
             return torch.zeros(0, self.features.hidden_size)
         block = self._map()[offset: offset + count, layer]
         return torch.from_numpy(np.array(block, dtype=np.float32))
+
+
+class InMemoryFrames:
+    """:class:`LayerFrames`' interface over in-memory ``{id: [T, L+1, D]}`` frames.
+
+    For tests and benchmarks, which match features that no frame cache holds.
+
+    Example
+    -------
+    >>> frames = InMemoryFrames({"q": torch.ones(4, 2, 3)})
+    >>> frames.ids, frames.num_frames("q"), tuple(frames.frames("q", 1).shape)
+    (['q'], 4, (4, 3))
+    """
+
+    def __init__(self, items):
+        self.items = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in items.items()}
+
+    @property
+    def ids(self):
+        return list(self.items)
+
+    def num_frames(self, item_id):
+        return self.items[item_id].shape[0]
+
+    def frames(self, item_id, layer):
+        return self.items[item_id][:, layer].clone()
 
 
 class FeatureStats:
@@ -264,7 +290,7 @@ def match_split(queries, query_ids, documents, document_ids, layer, settings,
     order = sorted(document_ids, key=lambda d: (doc_frames[d], column[d]))
     query_rows = max((f.shape[0] for f in matched.values()), default=1)
     for chunk in _chunks(order, doc_frames, settings.max_document_frames):
-        batches = _document_batches([normalise(documents.frames(d, layer)) for d in chunk],
+        batches = document_batches([normalise(documents.frames(d, layer)) for d in chunk],
                                     query_rows, settings)
         columns = [column[d] for d in chunk]
         for q, frames in matched.items():
@@ -296,9 +322,10 @@ def _chunks(order, frames, budget):
         yield chunk
 
 
-def _document_batches(loaded, query_rows, settings):
-    """Documents sorted by length, padded in batches of at most ``batch_elements``
-    distances for the longest query (prepared once for all queries)."""
+def document_batches(loaded, query_rows, settings):
+    """``PaddedDocuments`` batches of ``loaded`` (``[M, D]`` frames sorted by length), each
+    holding at most ``settings.batch_elements`` distances for a query of ``query_rows``
+    frames; prepared once for every query of a split."""
     batches, start = [], 0
     while start < len(loaded):
         stop = start + 1
@@ -340,11 +367,13 @@ def trial_lists(scope, groundtruth, query_ids, document_ids):
 __all__ = [
     "MatchSettings",
     "LayerFrames",
+    "InMemoryFrames",
     "FeatureStats",
     "SplitMatch",
     "layer_statistics",
     "normalise_scores",
     "match_split",
+    "document_batches",
     "trial_lists",
     "TRIAL_SCOPES",
     "SKIP_SHORT",
