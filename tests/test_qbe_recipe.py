@@ -195,11 +195,13 @@ def random_items(rng, prefix, lengths, layers=2, dim=6):
     return {f"{prefix}{i}": rng.standard_normal((n, layers, dim)) for i, n in enumerate(lengths)}
 
 
-def s3prl_scores(queries, documents, layer, min_frames=5):
+def s3prl_scores(queries, documents, layer, min_frames=5, feature_normalization=True):
     """s3prl's steps for one layer and split, pair by pair, in float64."""
     frames = [v[:, layer] for v in list(queries.values()) + list(documents.values())]
     stacked = np.concatenate(frames)
     mean, std = stacked.mean(axis=0), np.maximum(stacked.std(axis=0, ddof=1), 1e-9)
+    if not feature_normalization:
+        mean, std = 0.0, 1.0
     raw = np.zeros((len(queries), len(documents)))
     for i, query in enumerate(queries.values()):
         if len(query) < min_frames:
@@ -226,6 +228,12 @@ def test_match_split_follows_s3prl_pair_by_pair():
                                    rtol=1e-4, atol=1e-4)
         assert match.skipped == {SKIP_SHORT: ["q1"], SKIP_LONG: []}
         assert (match.scores[1] == 0).all()
+    raw = match_split(InMemoryFrames(queries), list(queries), InMemoryFrames(documents),
+                      list(documents), 1, MatchSettings(feature_normalization=False))
+    np.testing.assert_allclose(raw.scores, s3prl_scores(queries, documents, 1,
+                                                        feature_normalization=False),
+                               rtol=1e-4, atol=1e-4)
+    assert not np.allclose(raw.scores, match.scores, atol=1e-3)
 
 
 def test_match_split_work_sizes_do_not_change_the_scores():

@@ -75,8 +75,8 @@ def main(argv):
     # Resolves the encoder, the profile and the strategy; claims the run folder.
     hparams, hparams_file, run_opts, overrides = load_recipe_hparams(argv)
     start_experiment(hparams, hparams_file, overrides)
-    settings, scope = match_settings(hparams)
     device = run_opts["device"] or infer_device()
+    settings, scope = match_settings(hparams, device)
 
     manifest_folder = Path(run_on_main(
         prepare_quesst14,
@@ -111,8 +111,13 @@ def main(argv):
 
 
 # ---------------------------------------------------------------------- options
-def match_settings(hparams):
-    """The DTW settings and the MTWV trial scope, checked before any audio is read."""
+def match_settings(hparams, device="cpu"):
+    """The DTW settings and the MTWV trial scope, checked before any audio is read.
+
+    The distances and the DTW run on ``device``. On a GPU, TF32 matrix products are turned
+    off (SpeechBrain turns them on): they would round the cosines to about three digits
+    and make the scores depend on the hardware.
+    """
     scope = hparams["mtwv_trials"]
     if scope not in TRIAL_SCOPES:
         raise OptionError(f"--mtwv_trials {scope!r}: use one of {', '.join(TRIAL_SCOPES)}")
@@ -128,7 +133,11 @@ def match_settings(hparams):
         min_query_frames=int(hparams["min_query_frames"]),
         batch_elements=int(hparams["dtw_batch_elements"]),
         max_document_frames=int(hparams["max_document_frames"]),
+        device=str(device),
     )
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return settings, scope
 
 
@@ -326,8 +335,9 @@ def results(hparams, encoder, source, scored, chosen, scope, ids, groundtruth, s
                             for split in SPLITS},
         },
         language=hparams["language"],
-        dtw={**settings.identity(), "step_pattern": "asymmetric", "open_begin": True,
-             "open_end": True, "normalization": "cost / query frames", "score": "-cost",
+        dtw={**settings.identity(), "device": settings.device, "step_pattern": "asymmetric",
+             "open_begin": True, "open_end": True, "normalization": "cost / query frames",
+             "score": "-cost",
              "score_normalization": "per-query z-score over the documents",
              "yes_threshold": hparams["yes_threshold"]},
         twv_constants={"p_target": hparams["p_target"], "c_fa": hparams["c_fa"],

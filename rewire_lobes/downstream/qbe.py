@@ -44,7 +44,9 @@ class MatchSettings:
     """How queries are matched (s3prl's defaults) and how much work one call holds.
 
     ``batch_elements`` bounds one DTW call (documents × query frames × document frames
-    of the padded batch), ``max_document_frames`` the documents held in memory at once.
+    of the padded batch), ``max_document_frames`` the documents held in memory at once;
+    ``device`` is where the distances and the DTW run (the statistics stay on the CPU,
+    in float64).
     """
 
     dist_method: str = "cosine_exp"
@@ -53,6 +55,7 @@ class MatchSettings:
     min_query_frames: int = 5
     batch_elements: int = 1 << 22
     max_document_frames: int = 250_000
+    device: str = "cpu"
 
     def __post_init__(self):
         check_distance(self.dist_method)
@@ -271,16 +274,18 @@ def match_split(queries, query_ids, documents, document_ids, layer, settings,
             skipped[SKIP_LONG].append(q)
     not_matched = set(skipped[SKIP_SHORT]) | set(skipped[SKIP_LONG])
 
-    normalise = _identity
+    device = torch.device(settings.device)
+    mean = std = None
     if settings.feature_normalization:
         stats = (layer_statistics(documents, document_ids, layer) if document_stats is None
                  else document_stats.copy())
         for frames in query_frames.values():
             stats.add(frames)
-        mean, std = stats.mean.float(), stats.std().float()
+        mean, std = stats.mean.float().to(device), stats.std().float().to(device)
 
-        def normalise(frames):
-            return (frames - mean) / std
+    def normalise(frames):
+        frames = frames.to(device)
+        return frames if mean is None else (frames - mean) / std
 
     matched = {q: normalise(f) for q, f in query_frames.items() if q not in not_matched}
     scores = np.zeros((len(query_ids), len(document_ids)))
@@ -289,7 +294,7 @@ def match_split(queries, query_ids, documents, document_ids, layer, settings,
     # Sorted by length, so that a batch pads little.
     order = sorted(document_ids, key=lambda d: (doc_frames[d], column[d]))
     query_rows = max((f.shape[0] for f in matched.values()), default=1)
-    for chunk in _chunks(order, doc_frames, settings.max_document_frames):
+    for chunk in _chunks(order, doc_frames, settings.max_document_frames) if matched else ():
         batches = document_batches([normalise(documents.frames(d, layer)) for d in chunk],
                                     query_rows, settings)
         columns = [column[d] for d in chunk]
@@ -303,10 +308,6 @@ def match_split(queries, query_ids, documents, document_ids, layer, settings,
                            reason, ", ".join(ids[:10]))
     return SplitMatch(list(query_ids), list(document_ids), normalise_scores(scores),
                       skipped=skipped, seconds=time.time() - start)
-
-
-def _identity(frames):
-    return frames
 
 
 def _chunks(order, frames, budget):
@@ -343,7 +344,7 @@ def _costs(query, batches, settings):
     """DTW costs of one query against every batch, in document order."""
     costs = [match_costs(query, batch, method=settings.dist_method, minmax=settings.minmax_norm)
              for batch in batches]
-    return torch.cat(costs).double().numpy()
+    return torch.cat(costs).double().cpu().numpy()
 
 
 # ---------------------------------------------------------------------- trial scopes
