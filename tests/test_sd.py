@@ -49,6 +49,45 @@ def test_frame_labels_of_a_chunk_clip_segments_even_one_spanning_the_chunk():
     assert whole[:, 0].all()  # s3prl's chunking would leave the middle chunks unlabelled
 
 
+def test_frame_marks_round_as_s3prl_computes_them():
+    # 1.09 s * 16000 / 320 = 54.5, which rint takes to 54 (even); 1.09 * 50 gives 54.500...01.
+    labels = frame_labels([["a", 1.09, 1.15]], 1, 0, 60, 320)
+    assert labels[:, 0].nonzero()[0].tolist() == list(range(54, 58))
+
+
+def test_hypothesis_turns_are_scored_as_the_rttm_writes_them(tmp_path):
+    from rewire_lobes.metrics.diarization import (
+        diarization_error,
+        posteriors_to_turns,
+        write_rttm,
+    )
+
+    posteriors = np.zeros((40, 2))
+    posteriors[3:17, 0], posteriors[11:29, 1] = 0.9, 0.8
+    turns = {"mix": posteriors_to_turns(posteriors, 0.5, 1, 0.016, "mix")}  # 16 ms frames
+    write_rttm(tmp_path / "hyp.rttm", turns)
+    written, _ = read_rttm(tmp_path / "hyp.rttm")
+    assert [(s, e) for s, e, _ in written["mix"]] == [(s, e) for s, e, _ in turns["mix"]]
+    reference = {"mix": [(0.05, 0.27, "A"), (0.17, 0.45, "B")]}
+    assert diarization_error(reference, written)["der"] == diarization_error(reference, turns)["der"]
+
+
+def test_decision_grid_options_are_checked_before_training():
+    from rewire_lobes.downstream.diarization import check_decision_grid
+    from rewire_lobes.errors import OptionError
+
+    check_decision_grid([0.3, 0.5], [1, 11])
+    for thresholds, widths in [([], [1]), ([0.5], [2]), ([1.5], [1]), ([0.5], [])]:
+        with pytest.raises(OptionError):
+            check_decision_grid(thresholds, widths)
+
+
+def test_a_recording_shorter_than_two_frames_is_refused_by_name():
+    rows = [{"ID": "tiny", "duration": "0.03", "wav": "t.wav", "segments": "[]"}]
+    with pytest.raises(DataFileError, match="t.wav.*tiny"):
+        chunk_rows(rows, 320, 2000)
+
+
 def test_recording_frames_truncate_as_s3prl():
     assert recording_frames(7.2975, 320) == math.floor(7.2975 * 50)
     assert recording_frames(2.0, 160) == 200

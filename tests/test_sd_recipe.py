@@ -34,18 +34,18 @@ from rewire_lobes.metrics.diarization import diarization_error, read_rttm
 BUDGET = ["--max_steps", "40", "--eval_every_steps", "20", "--rnn_dim", "32"]
 
 
-def sd_command(encoder, output_root, shared, *extra):
+def sd_command(encoder, output_root, shared, *extra, budget=BUDGET):
     return [
         sys.executable, "recipes/SD/train.py", "hparams/sd.yaml",
         "--upstream_source", str(encoder), "--output_root", str(output_root),
         "--frame_cache_folder", str(Path(shared) / "frame_cache"),
         "--manifest_root", str(Path(shared) / "manifests"),
-        "--noprogressbar", *BUDGET, *map(str, extra),
+        "--noprogressbar", *budget, *map(str, extra),
     ]
 
 
-def run_sd(encoder, output_root, shared, *extra, ok=True):
-    done = subprocess.run(sd_command(encoder, output_root, shared, *extra), cwd=REPO,
+def run_sd(encoder, output_root, shared, *extra, ok=True, budget=BUDGET):
+    done = subprocess.run(sd_command(encoder, output_root, shared, *extra, budget=budget), cwd=REPO,
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if ok:
@@ -114,6 +114,26 @@ def test_sd_smoke_reports_the_der_of_the_rttm_it_wrote(sd_run, shared):
     for row in dev_rows:
         assert posteriors[row["ID"]].shape == (recording_frames(row["duration"], 320), 2)
     assert set(read_rttm(folder / "dev_hyp.rttm")[0]) <= {row["ID"] for row in dev_rows}
+
+
+@pytest.mark.slow
+def test_a_dev_recording_without_reference_turns_is_scored(tiny_encoder, mini_corpus,
+                                                           tmp_path):
+    """Its detections count as false alarms; it must not stop the run at scoring."""
+    import shutil
+
+    data = tmp_path / "diarization"
+    shutil.copytree(Path(mini_corpus) / "diarization", data, ignore=shutil.ignore_patterns("wav"))
+    silent = (data / "dev" / "wav.scp").read_text().split()[0]
+    rttm = data / "dev" / "rttm"
+    rttm.write_text("".join(line + "\n" for line in rttm.read_text().splitlines()
+                            if line.split()[1] != silent))
+    done = run_sd(tiny_encoder(), tmp_path / "out", tmp_path / "shared",
+                  "--data_folder", data,
+                  budget=["--max_steps", "1", "--eval_every_steps", "1", "--rnn_dim", "32"])
+    assert "have no turn" in printed(done)
+    results = results_of(sd_folder(tmp_path / "out"))
+    assert results["dev_recordings"] == 10 and results["test"] >= 0
 
 
 @pytest.mark.slow

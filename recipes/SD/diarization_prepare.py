@@ -94,7 +94,7 @@ def prepare_diarization(data_folder, manifest_root, num_speakers=2, skip_prep=Fa
             raise DataFileError(f"{folder / 'wav.scp'}: no recordings")
         turns, rttm_stats = read_rttm(folder / "rttm", recordings=recordings)
         if split in SCORED_SPLITS:
-            write_rttm(save_folder / f"{split}.rttm", turns)
+            write_rttm(save_folder / f"{split}.rttm", turns, decimals=3)
         stats[split] = {"recordings": len(rows),
                         "hours": round(sum(r["duration"] for r in rows) / 3600, 3),
                         "speakers": len({s for r in recordings.values() for s, _, _ in r["segments"]}),

@@ -22,6 +22,8 @@ from rewire_lobes.data.audio import SAMPLE_RATE
 from rewire_lobes.errors import DataFileError
 
 KALDI_FILES = ("wav.scp", "segments", "utt2spk", "reco2dur", "rttm")
+# Two 20 ms frames (640 samples) cover the wav2vec 2.0 CNN's receptive field (400).
+MIN_CHUNK_FRAMES = 2
 
 
 def _lines(path):
@@ -134,6 +136,8 @@ def chunk_bounds(num_frames, chunk_size):
     """Consecutive ``(start, end)`` frame chunks of at most ``chunk_size``, the last one
     possibly shorter: s3prl's train/dev chunks with ``use_last_samples`` and its test
     chunks agree on this (every Libri2Mix mixture, under 40 s, is one 2000-frame chunk).
+    A last chunk of fewer than :data:`MIN_CHUNK_FRAMES` frames is too short for the
+    encoder's CNN (400 samples) and joins the chunk before it.
 
     Example
     -------
@@ -141,9 +145,14 @@ def chunk_bounds(num_frames, chunk_size):
     [(0, 2000), (2000, 4000), (4000, 4500)]
     >>> chunk_bounds(364, 2000)
     [(0, 364)]
+    >>> chunk_bounds(4001, 2000)
+    [(0, 2000), (2000, 4001)]
     """
-    return [(start, min(start + chunk_size, num_frames))
-            for start in range(0, num_frames, chunk_size)]
+    bounds = [(start, min(start + chunk_size, num_frames))
+              for start in range(0, num_frames, chunk_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_CHUNK_FRAMES:
+        bounds[-2:] = [(bounds[-2][0], num_frames)]
+    return bounds
 
 
 def frame_labels(segments, num_speakers, start, end, frame_shift):
@@ -162,10 +171,11 @@ def frame_labels(segments, num_speakers, start, end, frame_shift):
     """
     labels = np.zeros((end - start, num_speakers), dtype=np.float32)
     columns = {speaker: index for index, speaker in enumerate(recording_speakers(segments))}
-    scale = SAMPLE_RATE / int(frame_shift)
+    shift = int(frame_shift)
     for speaker, seg_start, seg_end in segments:
-        first = max(int(np.rint(seg_start * scale)), start)
-        last = min(int(np.rint(seg_end * scale)), end)
+        # s3prl's order of operations: at .5 frames rint's rounding to even depends on it.
+        first = max(int(np.rint(seg_start * SAMPLE_RATE / shift)), start)
+        last = min(int(np.rint(seg_end * SAMPLE_RATE / shift)), end)
         if first < last:
             labels[first - start:last - start, columns[speaker]] = 1.0
     return labels

@@ -27,17 +27,23 @@ import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lobes.data.audio import SAMPLE_RATE
-from rewire_lobes.data.diarization import chunk_bounds, frame_labels, recording_frames
+from rewire_lobes.data.diarization import (
+    MIN_CHUNK_FRAMES,
+    chunk_bounds,
+    frame_labels,
+    recording_frames,
+)
 from rewire_lobes.data.fractions import check_fraction
 from rewire_lobes.data.manifests import read_manifest
 from rewire_lobes.downstream.core import fit_downstream
 from rewire_lobes.downstream.dataio import audio_pipeline, write_train_subset
 from rewire_lobes.downstream.frame_level import FrameLevelBrain
 from rewire_lobes.downstream.pit import frame_error_counts, pit_bce
-from rewire_lobes.errors import OptionError
+from rewire_lobes.errors import DataFileError, OptionError
 from rewire_lobes.io_utils import atomic_path
 from rewire_lobes.metrics.diarization import (
     best_decision,
+    check_median_width,
     decision_grid,
     hypothesis_turns,
     read_rttm,
@@ -130,7 +136,8 @@ class DiarizationBrain(FrameLevelBrain):
         splits = {"dev": self.dev_posteriors, "test": stitch(self.posteriors)}
         grids = {}
         for split, posteriors in splits.items():
-            reference, _ = read_rttm(folder / f"{split}.rttm")
+            # A recording without reference turns is scored (its detections are false alarms).
+            reference, _ = read_rttm(folder / f"{split}.rttm", recordings=posteriors)
             grids[split] = decision_grid(posteriors, reference, shift,
                                          thresholds=thresholds, median_widths=widths)
         chosen = best_decision(grids["dev"])
@@ -227,6 +234,9 @@ def chunk_rows(rows, frame_shift, chunk_size):
     chunks = {}
     for row in rows:
         frames = recording_frames(row["duration"], frame_shift)
+        if frames < MIN_CHUNK_FRAMES:
+            raise DataFileError(f"{row['wav']}: recording '{row['ID']}' lasts {row['duration']} s, "
+                                f"less than {MIN_CHUNK_FRAMES} frames of {frame_shift} samples")
         for start, end in chunk_bounds(frames, int(chunk_size)):
             chunks[f"{row['ID']}@{start}"] = {
                 "wav": row["wav"],
@@ -290,9 +300,24 @@ def resolve_frame_shift(hparams):
     return int(shift)
 
 
+def check_decision_grid(thresholds, median_widths):
+    """Refuses, before training, a grid that scoring at the end could not use."""
+    thresholds, median_widths = list(thresholds or []), list(median_widths or [])
+    if not thresholds or not median_widths:
+        raise OptionError("--thresholds and --median_widths need at least one value each "
+                          "(s3prl: [0.3, 0.4, 0.5, 0.6, 0.7] and [1, 11])")
+    for threshold in thresholds:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not 0.0 <= threshold < 1.0:
+            raise OptionError(f"--thresholds: {threshold!r} is not a posterior threshold in [0, 1)")
+    for width in median_widths:
+        check_median_width(width)
+
+
 def prepare_and_train(hparams, run_opts):
     """From the prepared manifests to results.json: chunks, training, scoring at the best
     dev checkpoint (dev and test RTTMs, posteriors, DER grid)."""
+    check_decision_grid(hparams["thresholds"], hparams["median_widths"])
     resolve_frame_shift(hparams)
     datasets = diarization_dataio_prepare(hparams)
     info = {f"{name}_recordings": data.recordings for name, data in datasets.items()}

@@ -181,7 +181,7 @@ def merge_speaker_turns(turns):
     return merged, len(turns) - len(merged)
 
 
-def write_rttm(path, turns):
+def write_rttm(path, turns, decimals=2):
     """Writes turns as s3prl's ``make_rttm.py`` does, atomically.
 
     One line ``SPEAKER <rec> 1 <start:.2f> <dur:.2f> <NA> <NA> <speaker> <NA>`` per turn,
@@ -193,6 +193,10 @@ def write_rttm(path, turns):
         The RTTM to write.
     turns : dict
         ``{recording: [(start_s, end_s, speaker), ...]}``.
+    decimals : int
+        Digits after the point of the times: s3prl's 2 for hypotheses (what
+        :func:`posteriors_to_turns` gives is then written exactly); more for a
+        reference copied from finer times.
     """
     lines = []
     for recording in sorted(turns):
@@ -201,7 +205,8 @@ def write_rttm(path, turns):
                 if not name or any(character.isspace() for character in name):
                     raise ValueError(f"{name!r}: an RTTM field may not be empty or hold spaces")
             lines.append(
-                f"SPEAKER {recording} 1 {start:.2f} {end - start:.2f} <NA> <NA> {speaker} <NA>\n"
+                f"SPEAKER {recording} 1 {start:.{decimals}f} {end - start:.{decimals}f} "
+                f"<NA> <NA> {speaker} <NA>\n"
             )
     with atomic_path(path) as tmp:
         tmp.write_text("".join(lines), encoding="utf-8")
@@ -244,7 +249,9 @@ def posteriors_to_turns(posteriors, threshold, median_width, frame_shift, label)
     Returns
     -------
     list of (float, float, str)
-        ``(first frame × frame_shift, (last frame + 1) × frame_shift, speaker)``, by start.
+        ``(first frame × frame_shift, (last frame + 1) × frame_shift, speaker)``, by start,
+        the start and the duration rounded to 10 ms as the RTTM holds them (s3prl's
+        ``.2f``), so that a DER computed from these turns is the DER of the written file.
 
     Example
     -------
@@ -261,9 +268,9 @@ def posteriors_to_turns(posteriors, threshold, median_width, frame_shift, label)
         # Padding with inactive frames makes every run start and end at a change.
         changes = np.flatnonzero(np.diff(np.concatenate(([0], column, [0]))))
         for first, past_last in zip(changes[::2], changes[1::2]):
-            turns.append(
-                (float(first * frame_shift), float(past_last * frame_shift), f"{label}_{speaker}")
-            )
+            start = round(float(first * frame_shift), 2)
+            duration = round(float((past_last - first) * frame_shift), 2)
+            turns.append((start, start + duration, f"{label}_{speaker}"))
     turns.sort()
     return turns
 
