@@ -5,6 +5,7 @@ The expected values are worked out from the definition in superb_protocol.md §7
 with a true occurrence, maximised over the thresholds, detecting nothing giving 0.
 """
 
+import json
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -239,3 +240,26 @@ def test_bad_stdlist_is_a_data_file_error(tmp_path, text, message):
     with pytest.raises(DataFileError, match=message) as err:
         read_stdlist(path)
     assert str(path) in str(err.value)
+
+
+def test_rescore_command_scores_a_stdlist_against_a_groundtruth_folder(tmp_path, capsys):
+    """``python -m rewire_lobes.metrics.mtwv``: the term list x ECF trials, default -10."""
+    from rewire_lobes.metrics.mtwv import main
+
+    truth = tmp_path / "groundtruth_quesst14_dev"
+    truth.mkdir()
+    (truth / "quesst14.ecf.xml").write_text(
+        "<ecf>" + "".join(f'<excerpt audio_filename="d{j}"/>' for j in range(4)) + "</ecf>")
+    (truth / "quesst14_dev.tlist.xml").write_text(
+        '<termlist><term termid="q1"/><term termid="q2"/></termlist>')
+    (truth / "quesst14_dev.rttm").write_text(
+        "LEXEME d0 1 0.5 0.4 q1 lex <NA> <NA>\n"
+        "LEXEME d1 1 0.0 2.0 NO_KEYWORD lex <NA> <NA>\n"
+        "LEXEME d2 1 0.3 0.4 q2 lex <NA> <NA>\n")
+    stdlist = tmp_path / "benchmark.stdlist.xml"
+    write_stdlist(stdlist, {"q1": {"d0": 3.0, "d1": 0.0, "d2": 0.0}})  # q2, d3: unreported
+    main([str(stdlist), str(truth)])
+    printed = json.loads(capsys.readouterr().out)
+    # q1 found, q2 (never scored) missed: 1 - (0 + 1) / 2.
+    assert printed["mtwv"] == pytest.approx(0.5) and printed["num_queries"] == 2
+    assert printed["num_documents"] == 4

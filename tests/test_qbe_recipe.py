@@ -85,7 +85,8 @@ def test_prepare_keeps_english_and_every_groundtruth_trial(mini_quesst, tmp_path
         # The trial lists are the scorer's: every language, as the ground-truth files have.
         assert groundtruth[split]["queries"] == [
             Path(path).stem for path, _ in key_lines(mini_quesst, keys[split])]
-        assert len(groundtruth[split]["documents"]) == len(key_lines(mini_quesst, keys["documents"]))
+        documents = key_lines(mini_quesst, keys["documents"])
+        assert len(groundtruth[split]["documents"]) == len(documents)
     # Made once: a second call finds the manifests up to date and writes nothing.
     stamp = (folder / "dev.csv").stat().st_mtime_ns
     assert prepare_quesst14(mini_quesst, tmp_path / "manifests") == folder
@@ -295,10 +296,10 @@ def test_layer_frames_read_one_state_of_a_frame_cache(tmp_path):
              "offsets": [0, 5, 7], "num_frames": lengths, "sources": ["", "", ""]}
     features = FrameFeatures(tmp_path, index)
     frames = LayerFrames(features)
-    for item in blocks:
+    for item, length in zip(blocks, lengths):
         for layer in range(3):
             read = frames.frames(item, layer)
-            assert read.dtype == torch.float32 and read.shape == (lengths[list(blocks).index(item)], 4)
+            assert read.dtype == torch.float32 and read.shape == (length, 4)
             assert torch.equal(read, features.frames(item)[:, layer])
 
 
@@ -394,7 +395,8 @@ def test_embedded_run_writes_every_layer_and_the_chosen_one(embedded_run, mini_q
 
     chosen = results["chosen_layer"]
     dev = {e["layer"]: e["dev_mtwv"] for e in results["layers"]}
-    assert dev[chosen] == max(dev.values()) and chosen == min(k for k in dev if dev[k] == dev[chosen])
+    assert dev[chosen] == max(dev.values())
+    assert chosen == min(layer for layer in dev if dev[layer] == dev[chosen])  # ties: lowest
     entry = results["layers"][chosen]
     assert results["best_dev"] == entry["dev_mtwv"]
     assert results["test"] == entry["eval_mtwv"] and 0 <= results["test"] <= 1

@@ -60,7 +60,8 @@ QUESST_QUERIES = {"dev": 560, "eval": 555}
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream_source", default=str(REPO_ROOT / "assets" / "encoder"))
-    parser.add_argument("--data_folder", default=str(REPO_ROOT / "data" / "mini" / "quesst14Database"))
+    parser.add_argument("--data_folder",
+                        default=str(REPO_ROOT / "data" / "mini" / "quesst14Database"))
     parser.add_argument("--layer", type=int, default=2, help="hidden state of the embedded run")
     parser.add_argument("--queries", type=int, default=30, help="synthetic queries per set")
     parser.add_argument("--documents", type=int, default=100, help="synthetic documents per set")
@@ -237,7 +238,7 @@ def main(argv=None):
         print(f"{name}: {len(queries)} queries ({min(q_frames)}-{max(q_frames)} frames) x "
               f"{len(documents)} documents ({min(d_frames)}-{max(d_frames)} frames)", flush=True)
         rows += bench_set(name, queries, documents, args, rng)
-    print(f"\n| set | method | threads | pairs/s (median) | spread (min-max) | load before/after |")
+    print("\n| set | method | threads | pairs/s (median) | spread (min-max) | load before/after |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         load = f"{row['load'][0][0]:.2f} / {row['load'][-1][1]:.2f}"

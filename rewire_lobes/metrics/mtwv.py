@@ -23,7 +23,11 @@ equal scores is Q·TWV at that group's score.
 The scorer (``MediaEvalQUESST2014.jar``, run by ``scoring/score-TWV-Cnxe.sh``) reads
 every query of the ground truth's term list against every document of its ECF, a
 trial missing from the stdlist taking a default score (SUPERB passes -10) and a NO
-decision; :func:`term_weighted_value` takes the same trial lists and default.
+decision; :func:`term_weighted_value` takes the same trial lists and default. To rescore
+any system's stdlist that way::
+
+    python -m rewire_lobes.metrics.mtwv <run>/eval/benchmark.stdlist.xml \\
+        quesst14Database/scoring/groundtruth_quesst14_eval
 """
 
 import math
@@ -270,6 +274,27 @@ def read_stdlist(path):
     return detections
 
 
+def main(argv=None):
+    """Scores a stdlist against a ground-truth folder, every term-list query against every
+    ECF document, as the MediaEval scorer is run by SUPERB (to our reading)."""
+    import argparse
+    import json
+
+    from rewire_lobes.data.quesst14 import read_groundtruth  # the data layer, only here
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split(",")[0])
+    parser.add_argument("stdlist", help="a *.stdlist.xml file")
+    parser.add_argument("groundtruth",
+                        help="e.g. quesst14Database/scoring/groundtruth_quesst14_eval")
+    parser.add_argument("--default_score", type=float, default=DEFAULT_SCORE,
+                        help="score of a trial the stdlist lacks (SUPERB: -10)")
+    args = parser.parse_args(argv)
+    truth = read_groundtruth(args.groundtruth)
+    result = term_weighted_value(read_stdlist(args.stdlist), truth.occurrences, truth.queries,
+                                 truth.documents, default_score=args.default_score)
+    print(json.dumps(result.as_dict(), indent=2))
+
+
 __all__ = [
     "P_TARGET",
     "C_FA",
@@ -284,3 +309,9 @@ __all__ = [
     "write_stdlist",
     "read_stdlist",
 ]
+
+if __name__ == "__main__":
+    from rewire_lobes.runs.cli import user_errors
+
+    with user_errors():
+        main()
