@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""The main job on the embedded default: rewire an encoder, then KS, IC, ASR and SF
-before and after.
+"""The main job on the embedded default: rewire an encoder, then the six SUPERB tasks
+(KS, IC, ASR, SF, SD, QbE) before and after.
 
 1. Rewires the embedded encoder with ``recipes/rewire/train.py`` (skipped when
    ``--rewired_encoder`` names an encoder directory that is already rewired).
-2. Trains the SUPERB KS, IC, ASR and SF heads at ``--fraction`` (default 1 %) on the
-   encoder the rewiring started from (``baseline``) and on the rewired one. Each
-   encoder's features are extracted once per task and shared by its runs.
-3. Prints a table like the paper's Table 2: the test score at the best dev checkpoint and
-   the updates needed to reach it, and writes it to ``<output_root>/demo/summary.md``.
+2. Trains the SUPERB KS, IC, ASR, SF and SD heads at ``--fraction`` (default 1 %) on the
+   encoder the rewiring started from (``baseline``) and on the rewired one, and runs the
+   zero-shot QbE evaluation on both. Each encoder's features are extracted once per task
+   and shared by its runs.
+3. Prints a table like the paper's Table 2: the test score at the best dev checkpoint, the
+   updates needed to reach it and the wall time of each step, and writes it to
+   ``<output_root>/demo/summary.md``.
 
     python utils/demo.py                                   # everything, embedded default
     python utils/demo.py --rewired_encoder results/rewire/.../upstream
@@ -20,6 +22,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,10 +33,12 @@ from rewire_lobes.io_utils import write_json_atomic, write_text_atomic  # noqa: 
 from rewire_lobes.runs.cli import encoder_id  # noqa: E402
 
 TASKS = {"KS": "hparams/ks.yaml", "IC": "hparams/ic.yaml", "ASR": "hparams/asr.yaml",
-         "SF": "hparams/sf.yaml"}
+         "SF": "hparams/sf.yaml", "SD": "hparams/sd.yaml", "QbE": "hparams/qbe.yaml"}
+# QbE trains nothing: no fraction, no seed, its own script.
+ZERO_SHOT = {"QbE": "recipes/QbE/evaluate.py"}
 # A second test score worth a column: on the mini corpus the WER of a small head stays
-# near 100 % while its CER falls.
-ALSO_SHOWN = {"ASR": "cer", "SF": "slot_value_cer"}
+# near 100 % while its CER falls; SD's DER with the decision tuned on test, as s3prl.
+ALSO_SHOWN = {"ASR": "cer", "SF": "slot_value_cer", "SD": "der_s3prl_protocol"}
 
 
 def parse_args(argv):
@@ -84,35 +89,52 @@ def rewiring_record(encoder):
 
 
 def downstream(task, encoder, strategy, args, *extra):
-    """Trains one head; returns its results.json as a dict."""
+    """Trains one head (or runs QbE); returns its results.json as a dict, with the wall
+    seconds this call took (a finished run is reused, so a rerun takes seconds)."""
     # No --strategy: the recipe reads it from the encoder's rewiring.json (or "baseline").
-    run([f"recipes/{task}/train.py", TASKS[task], "--upstream_source", str(encoder),
-         "--fraction", args.fraction, "--seed", args.seed, "--output_root", args.output_root,
-         *extra])
+    start = time.time()
+    if task in ZERO_SHOT:
+        run([ZERO_SHOT[task], TASKS[task], "--upstream_source", str(encoder),
+             "--output_root", args.output_root, *extra])
+    else:
+        run([f"recipes/{task}/train.py", TASKS[task], "--upstream_source", str(encoder),
+             "--fraction", args.fraction, "--seed", args.seed, "--output_root",
+             args.output_root, *extra])
+    seconds = time.time() - start
     folder = Path(args.output_root) / task / encoder_id(str(Path(encoder).resolve())) / strategy
-    for path in sorted(folder.glob(f"fraction*_seed{args.seed}/results.json")):
+    pattern = "results.json" if task in ZERO_SHOT else f"fraction*_seed{args.seed}/results.json"
+    for path in sorted(folder.glob(pattern)):
         results = json.loads(path.read_text())
-        if results["fraction"] == float(args.fraction):
-            return results
+        if task in ZERO_SHOT or results["fraction"] == float(args.fraction):
+            return {**results, "demo_seconds": round(seconds, 1)}
     raise SystemExit(f"no results.json for {task} under {folder}")
 
 
 def also(results):
+    if results["task"] == "QbE":
+        return f"layer {results['chosen_layer']}"
     name = ALSO_SHOWN.get(results["task"])
     return f"{results['test_scores'][name]:.2f} ({name})" if name else ""
 
 
+def number(value, spec="g"):
+    return "–" if value is None else format(value, spec)
+
+
 def table(rows):
     lines = [
-        "| task | encoder | strategy | fraction | best dev | test | also | updates to best | updates |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | encoder | strategy | fraction | best dev | test | also | updates to best "
+        "| updates | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        precision = ".2f" if r["unit"] else ".4f"
         lines.append(
             f"| {r['task']} | {Path(r['encoder']['source']).name} | {r['strategy']} | "
-            f"{r['fraction']:g} | {r['best_dev']:.2f} ({r['dev_metric']}) | "
-            f"{r['test']:.2f} ({r['metric']}{', ' + r['unit'] if r['unit'] else ''}) | "
-            f"{also(r)} | {r['best_step']} | {r['steps']} |"
+            f"{number(r['fraction'])} | {r['best_dev']:{precision}} ({r['dev_metric']}) | "
+            f"{r['test']:{precision}} ({r['metric']}{', ' + r['unit'] if r['unit'] else ''}) | "
+            f"{also(r)} | {number(r['best_step'])} | {number(r['steps'])} | "
+            f"{r.get('demo_seconds', '')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -120,7 +142,9 @@ def table(rows):
 def main(argv):
     args = parse_args(argv)
     args.output_root = str(Path(args.output_root).resolve())  # recipes run from the repo root
+    start = time.time()
     rewired = Path(args.rewired_encoder).resolve() if args.rewired_encoder else rewire(args)
+    rewiring_seconds = time.time() - start
     record = rewiring_record(rewired)
     baseline = args.baseline_encoder or record.get("source")
     if not baseline:
@@ -133,6 +157,8 @@ def main(argv):
         rows.append(downstream(task, baseline, "baseline", args, *same_training_set(task, rewired)))
         rows.append(downstream(task, rewired, strategy, args))
     summary = table(rows)
+    summary += (f"\nRewiring took {rewiring_seconds:.0f} s, the whole demo "
+                f"{time.time() - start:.0f} s.\n")
     if record.get("random_init_fallback"):
         summary += ("\nThe encoders are RANDOMLY INITIALISED stand-ins (assets/encoder is "
                     "missing): the numbers only show that the pipeline runs.\n")

@@ -203,12 +203,17 @@ class FrameFeatures:
     def num_frames(self, data_id):
         return self._row(data_id)[1]
 
-    def frames(self, data_id):
-        """Time-major float32 ``[T, L+1, D]`` frames of ``data_id``."""
+    def frames(self, data_id, layer=None):
+        """Time-major float32 ``[T, L+1, D]`` frames of ``data_id``; with ``layer``, that
+        hidden state alone, ``[T, D]`` (only its values are read from the disk)."""
         offset, frames = self._row(data_id)
+        shape = (0, self.hidden_size) if layer is not None else (0, self.num_states,
+                                                                  self.hidden_size)
         if frames == 0:
-            return torch.zeros(0, self.num_states, self.hidden_size)
+            return torch.zeros(shape)
         block = self._array()[offset: offset + frames]
+        if layer is not None:
+            block = block[:, layer]
         return torch.from_numpy(np.array(block, dtype=np.float32))
 
     def __getitem__(self, data_id):

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from rewire_lobes.downstream.dtw import PaddedDocuments, check_distance, match_costs
-from rewire_lobes.downstream.frame_cache import STORAGE_DTYPES
 from rewire_lobes.errors import OptionError
 
 logger = logging.getLogger(__name__)
@@ -81,7 +80,6 @@ class LayerFrames:
 
     def __init__(self, features):
         self.features = features
-        self._array = None
 
     @property
     def ids(self):
@@ -94,19 +92,8 @@ class LayerFrames:
     def num_frames(self, item_id):
         return self.features.num_frames(item_id)
 
-    def _map(self):
-        if self._array is None:
-            f = self.features
-            self._array = np.memmap(f.data_path, dtype=STORAGE_DTYPES[f.dtype], mode="r",
-                                    shape=(f.total_frames, f.num_states, f.hidden_size))
-        return self._array
-
     def frames(self, item_id, layer):
-        offset, count = self.features.rows[item_id]
-        if count == 0:
-            return torch.zeros(0, self.features.hidden_size)
-        block = self._map()[offset: offset + count, layer]
-        return torch.from_numpy(np.array(block, dtype=np.float32))
+        return self.features.frames(item_id, layer=layer)
 
 
 class InMemoryFrames:

@@ -298,8 +298,8 @@ def start_experiment(hparams, hparams_file, overrides):
     if "run_profile" in hparams:
         changes = ", ".join(f"{k}={v}" for k, v in (hparams.get("embedded_profile") or {}).items())
         logger.info("Profile: %s (%s)%s", hparams["run_profile"], hparams.get("profile_reason"),
-                    f"; it changes {changes} unless given" if hparams["run_profile"] == "embedded"
-                    else "")
+                    f"; it changes {changes} unless given"
+                    if hparams["run_profile"] == "embedded" and changes else "")
 
 
 @contextlib.contextmanager
