@@ -90,3 +90,12 @@ def kill_during_second_checkpoint(command, save_folder, log, timeout=300):
     finally:
         process.wait()
     return process.returncode
+
+
+def assert_only_whole_checkpoints(folder, reference):
+    """What a killed run left in ``<folder>/save`` is either a whole checkpoint (the same
+    files as the reference run's) or no checkpoint at all (no ``CKPT.yaml``)."""
+    whole = {path.name for path in latest_checkpoint(reference).iterdir()}
+    for checkpoint, files in checkpoint_folders(Path(folder) / "save").items():
+        if "CKPT.yaml" in files:
+            assert files == whole, checkpoint

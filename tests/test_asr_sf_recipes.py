@@ -32,10 +32,9 @@ from speechbrain.utils.checkpoints import (
 )
 
 from recipe_runs import (
+    assert_only_whole_checkpoints,
     assert_same_training,
-    checkpoint_folders,
     kill_during_second_checkpoint,
-    latest_checkpoint,
     printed,
     results_of,
     round_lines,
@@ -311,11 +310,7 @@ def test_asr_killed_run_resumes_to_the_uninterrupted_result(asr_run, tiny_encode
     folder = root / reference.relative_to(reference.parents[3])
     status = kill_during_second_checkpoint(command, folder / "save", tmp_path / "killed.log")
     assert status == -signal.SIGKILL, "the run ended before it could be killed"
-    # What is left is either a whole checkpoint or no checkpoint at all.
-    whole = {path.name for path in latest_checkpoint(reference).iterdir()}
-    for checkpoint, files in checkpoint_folders(folder / "save").items():
-        if "CKPT.yaml" in files:
-            assert files == whole, checkpoint
+    assert_only_whole_checkpoints(folder, reference)
     assert not (folder / "results.json").exists()
     assert not list(folder.glob("*.ark"))
 

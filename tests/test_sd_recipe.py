@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 
 from recipe_runs import (
+    assert_only_whole_checkpoints,
     REPO,
     assert_same_training,
-    checkpoint_folders,
     kill_during_second_checkpoint,
-    latest_checkpoint,
     printed,
     results_of,
     round_lines,
@@ -152,10 +151,7 @@ def test_sd_killed_run_resumes_to_the_uninterrupted_result(sd_run, tiny_encoder,
     folder = root / reference.relative_to(reference.parents[3])
     status = kill_during_second_checkpoint(command, folder / "save", tmp_path / "killed.log")
     assert status == -signal.SIGKILL, "the run ended before it could be killed"
-    whole = {path.name for path in latest_checkpoint(reference).iterdir()}
-    for checkpoint, files in checkpoint_folders(folder / "save").items():
-        if "CKPT.yaml" in files:
-            assert files == whole, checkpoint
+    assert_only_whole_checkpoints(folder, reference)
     assert not (folder / "results.json").exists()
 
     done = run_sd(tiny_encoder(), root, shared, "--fraction", "0.1")

@@ -48,9 +48,11 @@ from rewire_lobes.data.manifests import (
 )
 from rewire_lobes.data.quesst14 import (
     DOCUMENT_KEY,
+    GROUNDTRUTH_FILE,
     GROUNDTRUTH_FOLDERS,
     QUERY_KEYS,
     SCORING_FOLDER,
+    SPLIT_MANIFESTS,
     read_groundtruth,
     read_language_key,
 )
@@ -64,8 +66,6 @@ logger = logging.getLogger(__name__)
 LANGUAGE = "nnenglish"
 AUDIO_RATES = (8000, 16000)
 COLUMNS = ["ID", "duration", "wav", "start", "stop", "language"]
-SPLIT_MANIFESTS = {"documents": "documents.csv", "dev": "dev.csv", "eval": "eval.csv"}
-GROUNDTRUTH_FILE = "groundtruth.json"
 MANIFESTS = (*SPLIT_MANIFESTS.values(), GROUNDTRUTH_FILE)
 DATABASE_FOLDER = "quesst14Database"
 

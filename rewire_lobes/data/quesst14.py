@@ -34,6 +34,9 @@ QUERY_KEYS = {"dev": "language_key_dev.lst", "eval": "language_key_eval.lst"}
 GROUNDTRUTH_FOLDERS = {"dev": "groundtruth_quesst14_dev", "eval": "groundtruth_quesst14_eval"}
 GROUNDTRUTH_SUFFIXES = {"ecf": ".ecf.xml", "tlist": ".tlist.xml", "rttm": ".rttm"}
 SPLITS = tuple(QUERY_KEYS)
+# What quesst14_prepare.py writes: one manifest per item set, and the ground truth.
+SPLIT_MANIFESTS = {"documents": "documents.csv", "dev": "dev.csv", "eval": "eval.csv"}
+GROUNDTRUTH_FILE = "groundtruth.json"
 NO_OCCURRENCE = "NO_KEYWORD"
 OCCURRENCE_TYPE = "LEXEME"
 

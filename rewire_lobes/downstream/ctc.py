@@ -60,7 +60,6 @@ class CTCBrain(FrameLevelBrain):
             raise OptionError(f"--batching must be one of {', '.join(BATCHING)}, "
                               f"got {self.hparams.batching!r}")
         self.tokenizer = self.hparams.tokenizer
-        self.transcript_split = None  # "dev" / "test" while decoding at the best checkpoint
         self.scorer = None
 
     def train_batches(self, dataset):
@@ -106,9 +105,9 @@ class CTCBrain(FrameLevelBrain):
 
     # ------------------------------------------------------------------ transcripts
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        if stage != sb.Stage.TEST or self.transcript_split is None:
+        if stage != sb.Stage.TEST or self.final_split is None:
             return super().on_stage_end(stage, stage_loss, epoch)
-        split = self.transcript_split
+        split = self.final_split
         if if_main_process():
             self.scorer.write(Path(self.hparams.output_folder), split)
         if split == "test":
@@ -230,10 +229,7 @@ def train_and_test(hparams, run_opts, datasets, tokenizer, run_info=None):
     info["vocabulary_size"] = tokenizer.size
     info.update(run_info or {})
     brain = fit_downstream(CTCBrain, hparams, run_opts, datasets, info)
-    for split in ("dev", "test"):  # test last: its results.json marks the run as done
-        brain.transcript_split = split
-        brain.evaluate(datasets[split], test_loader_kwargs=hparams["test_dataloader_opts"])
-    brain.transcript_split = None
+    brain.score_at_best(datasets, hparams["test_dataloader_opts"])
     return brain
 
 

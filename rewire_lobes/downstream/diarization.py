@@ -70,7 +70,6 @@ class DiarizationBrain(FrameLevelBrain):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.posterior_split = None  # "dev" / "test" while scoring at the best checkpoint
         self.counts = None
         self.posteriors = None
         self.dev_posteriors = None
@@ -91,7 +90,7 @@ class DiarizationBrain(FrameLevelBrain):
             counts = frame_error_counts(logits.detach().float(), permuted, lengths)
             for key in COUNT_KEYS:
                 self.counts[key] += float(counts[key])
-            if self.posterior_split is not None:
+            if self.final_split is not None:
                 self._keep_posteriors(batch, logits.detach(), lengths)
         return loss
 
@@ -107,13 +106,13 @@ class DiarizationBrain(FrameLevelBrain):
 
     def summarize_scores(self, stage):
         scores = frame_scores(self.counts)
-        if stage == sb.Stage.TEST and self.posterior_split == "test":
+        if stage == sb.Stage.TEST and self.final_split == "test":
             scores.update(self._decide_and_score())
         return scores
 
     # ------------------------------------------------------------------ scoring
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        if stage == sb.Stage.TEST and self.posterior_split == "dev":
+        if stage == sb.Stage.TEST and self.final_split == "dev":
             self.dev_posteriors = stitch(self.posteriors)
             scores = frame_scores(self.counts)
             best = self.history.best_value
@@ -324,8 +323,5 @@ def prepare_and_train(hparams, run_opts):
     info.update({f"{name}_chunks": len(data) for name, data in datasets.items()})
     info["frame_shift"] = hparams["frame_shift"]
     brain = fit_downstream(DiarizationBrain, hparams, run_opts, datasets, info)
-    for split in ("dev", "test"):  # test last: its results.json marks the run as done
-        brain.posterior_split = split
-        brain.evaluate(datasets[split], test_loader_kwargs=hparams["test_dataloader_opts"])
-    brain.posterior_split = None
+    brain.score_at_best(datasets, hparams["test_dataloader_opts"])
     return brain

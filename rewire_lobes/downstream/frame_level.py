@@ -32,6 +32,16 @@ class FrameLevelBrain(DownstreamBrain):
         if self.trains_upstream and self.hparams.cache_features:
             raise OptionError("cache_features needs a frozen upstream: a trained encoder's "
                               "frames change at every update (set --cache_features False)")
+        self.final_split = None  # "dev" / "test" while scored at the best checkpoint
+
+    def score_at_best(self, datasets, loader_kwargs):
+        """Evaluates dev, then test, at the best dev checkpoint, ``final_split`` naming the
+        split (the subclass writes its outputs); test last, since its results.json marks
+        the run as done."""
+        for split in ("dev", "test"):
+            self.final_split = split
+            self.evaluate(datasets[split], test_loader_kwargs=loader_kwargs)
+        self.final_split = None
 
     def use_cached_features(self, datasets):
         """Gives each split its input: cached ``feats`` (``cached_splits``) or ``sig``."""
