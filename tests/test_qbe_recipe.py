@@ -467,6 +467,25 @@ def test_short_and_overlong_queries_are_counted_not_matched(quesst_copy, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_rerun_on_changed_audio_matches_again(quesst_copy, tmp_path):
+    """The frame caches are keyed by the audio; a layer's stdlist made from the old frames
+    must not be reused by the rerun (its match.json key names the caches)."""
+    run_recipe(tmp_path / "out", "--data_folder", quesst_copy, "--layers", "[0]")
+    dev = [path.split("/", 1)[1] for path, lang in key_lines(quesst_copy, "language_key_dev.lst")
+           if lang == "nnenglish"]
+    first, second = quesst_copy / dev[0], quesst_copy / dev[1]
+    audio = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(audio)
+    done = run_recipe(tmp_path / "out", "--data_folder", quesst_copy, "--layers", "[0]")
+    assert "matching again" in printed(done)
+    run_recipe(tmp_path / "fresh", "--data_folder", quesst_copy, "--layers", "[0]")
+    rerun = without_timings(results_of(run_folder(tmp_path / "out")))
+    fresh = without_timings(results_of(run_folder(tmp_path / "fresh")))
+    assert rerun["layers"] == fresh["layers"] and rerun["test"] == fresh["test"]
+
+
+@pytest.mark.slow
 def test_recipe_option_and_data_errors_are_one_line(tmp_path, quesst_copy):
     done = run_recipe(tmp_path / "a", "--mtwv_trials", "all", ok=False)
     assert_one_line_error(done, "--mtwv_trials 'all': use one of groundtruth, english")

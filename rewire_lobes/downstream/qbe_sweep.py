@@ -197,8 +197,15 @@ def score_layer(layer, frames, ids, groundtruth, settings, hparams, output):
     for split in SPLITS:
         folder = layer_folder(output, layer, split)
         stdlist, record_path = folder / STDLIST_NAME, folder / MATCH_RECORD
+        key = match_key(frames, split, layer, settings, hparams)
+        record = None
         if record_path.exists() and stdlist.exists():
             record = json.loads(record_path.read_text(encoding="utf-8"))
+            if record.get("key") != key:
+                logger.warning("layer %d %s: %s was made from other frames or settings; "
+                               "matching again", layer, split, record_path)
+                record = None
+        if record is not None:
             detections = read_stdlist(stdlist)
             logger.info("layer %d %s: already matched, read from %s", layer, split, folder)
         else:
@@ -207,7 +214,8 @@ def score_layer(layer, frames, ids, groundtruth, settings, hparams, output):
             match = match_split(frames[split], ids[split], frames["documents"],
                                 document_ids, layer, settings, document_stats)
             detections = write_stdlist(stdlist, match.score_rows(), hparams["yes_threshold"])
-            record = {"layer": layer, "split": split, "queries": len(match.query_ids),
+            record = {"key": key, "layer": layer, "split": split,
+                      "queries": len(match.query_ids),
                       "documents": len(match.document_ids), "skipped": match.skipped,
                       "seconds": round(match.seconds, 3)}
             write_json_atomic(record_path, record)
@@ -219,20 +227,42 @@ def score_layer(layer, frames, ids, groundtruth, settings, hparams, output):
     return scored
 
 
+def match_key(frames, split, layer, settings, hparams):
+    """What a split's stdlist was made from: the frame caches read (their folders name the
+    encoder's features hash, the manifest hash and the dtype), the layer, the matching
+    settings and the device (float32 sums differ between devices). A ``match.json`` with
+    another key is never reused."""
+    caches = {name: "/".join(Path(frames[name].features.folder).parts[-2:])
+              for name in ("documents", split)}
+    return {"frame_caches": caches, "layer": int(layer), **settings.identity(),
+            "device": str(settings.device), "yes_threshold": float(hparams["yes_threshold"])}
+
+
 def split_twv(detections, truth, query_ids, document_ids, hparams):
     """``{scope: TWVResult}`` for both trial scopes."""
     beta = twv_beta(hparams["p_target"], hparams["c_fa"], hparams["c_miss"])
-    return {
-        scope: term_weighted_value(detections, truth.occurrences,
-                                   *trial_lists(scope, truth, query_ids, document_ids),
-                                   default_score=hparams["default_score"], beta=beta)
-        for scope in TRIAL_SCOPES
-    }
+    results = {}
+    for scope in TRIAL_SCOPES:
+        queries, documents = trial_lists(scope, truth, query_ids, document_ids)
+        try:
+            results[scope] = term_weighted_value(detections, truth.occurrences, queries,
+                                                 documents, default_score=hparams["default_score"],
+                                                 beta=beta)
+        except ValueError as err:  # no query occurs in any document
+            raise DataFileError(f"{truth.files.get('rttm', 'the ground truth')}: {err} "
+                                f"({scope} trials); check the ground-truth folder and "
+                                "--language") from None
+    return results
+
+
+# MTWVs that differ only in the last bits (the order of a float sum) are a tie.
+MTWV_DIGITS = 10
 
 
 def choose_layer(scored, scope):
     """The state with the best dev MTWV in ``scope``; a tie goes to the lowest index."""
-    return max(scored, key=lambda layer: (scored[layer]["dev"]["twv"][scope].mtwv, -layer))
+    return max(scored, key=lambda layer: (
+        round(scored[layer]["dev"]["twv"][scope].mtwv, MTWV_DIGITS), -layer))
 
 
 def copy_atomic(source, target):
