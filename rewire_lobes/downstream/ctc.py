@@ -16,7 +16,6 @@ checked and recorded.
 
 import hashlib
 import logging
-import math
 from pathlib import Path
 
 import speechbrain as sb
@@ -112,15 +111,7 @@ class CTCBrain(FrameLevelBrain):
             self.scorer.write(Path(self.hparams.output_folder), split)
         if split == "test":
             return super().on_stage_end(stage, stage_loss, epoch)
-        scores = self.summarize_scores(stage)
-        value = scores[self.hparams.dev_metric]
-        best = self.history.best_value
-        agrees = best is not None and math.isclose(value, best, rel_tol=1e-6, abs_tol=1e-6)
-        self.run_info["dev_scores_at_best"] = scores
-        self.run_info["dev_rescored_matches_best"] = agrees
-        if not agrees:
-            logger.warning("dev %s at the best checkpoint decodes to %.4f, but %s was recorded "
-                           "during training", self.hparams.dev_metric, value, best)
+        self.check_dev_rescore(self.summarize_scores(stage), "dev_scores_at_best")
         return None
 
 

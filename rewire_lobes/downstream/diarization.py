@@ -17,8 +17,6 @@ protocol: that figure is recorded too, as ``der_s3prl_protocol``.
 """
 
 import json
-import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +47,6 @@ from rewire_lobes.metrics.diarization import (
     read_rttm,
     write_rttm,
 )
-
-logger = logging.getLogger(__name__)
 
 COUNT_KEYS = ("miss", "false_alarm", "confusion", "speaker_time", "correct", "frames")
 HYPOTHESIS_RTTM = "{split}_hyp.rttm"
@@ -114,16 +110,7 @@ class DiarizationBrain(FrameLevelBrain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TEST and self.final_split == "dev":
             self.dev_posteriors = stitch(self.posteriors)
-            scores = frame_scores(self.counts)
-            best = self.history.best_value
-            agrees = best is not None and math.isclose(
-                scores[self.hparams.dev_metric], best, rel_tol=1e-6, abs_tol=1e-6)
-            self.run_info["dev_frame_scores_at_best"] = scores
-            self.run_info["dev_rescored_matches_best"] = agrees
-            if not agrees:
-                logger.warning("dev %s at the best checkpoint is %.4f, but %s was recorded "
-                               "during training", self.hparams.dev_metric,
-                               scores[self.hparams.dev_metric], best)
+            self.check_dev_rescore(frame_scores(self.counts), "dev_frame_scores_at_best")
             return None
         return super().on_stage_end(stage, stage_loss, epoch)
 

@@ -6,6 +6,8 @@ runs at every batch, and always for a trainable upstream), and hands ``compute_f
 the hidden states of a batch in the upstream's layout whichever it was.
 """
 
+import logging
+import math
 import time
 
 import speechbrain as sb
@@ -15,6 +17,8 @@ from rewire_lobes.downstream.dataio import audio_pipeline_tag
 from rewire_lobes.downstream.features import ensure_cached
 from rewire_lobes.downstream.frame_cache import FrameCache, frame_batch, frame_feature_pipeline
 from rewire_lobes.errors import OptionError
+
+logger = logging.getLogger(__name__)
 
 
 class FrameLevelBrain(DownstreamBrain):
@@ -76,6 +80,20 @@ class FrameLevelBrain(DownstreamBrain):
         if cached:
             self.run_info["feature_seconds"] = round(time.time() - start, 3)
         return datasets
+
+    def check_dev_rescore(self, scores, record_key):
+        """Records the dev ``scores`` at the best checkpoint under ``record_key`` and whether
+        they reproduce the best dev value recorded during training (a run that cannot is
+        warned about and says so in results.json: ``dev_rescored_matches_best``)."""
+        value = scores[self.hparams.dev_metric]
+        best = self.history.best_value
+        agrees = best is not None and math.isclose(value, best, rel_tol=1e-6, abs_tol=1e-6)
+        self.run_info[record_key] = scores
+        self.run_info["dev_rescored_matches_best"] = agrees
+        if not agrees:
+            logger.warning("dev %s at the best checkpoint is %.4f, but %s was recorded during "
+                           "training", self.hparams.dev_metric, value, best)
+        return agrees
 
     def hidden_states(self, batch):
         """``(hidden [L+1, B, T, D], frame_lens [B])`` of a batch already on the device."""
