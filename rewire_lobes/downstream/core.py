@@ -342,8 +342,23 @@ class DownstreamBrain(sb.Brain):
             upstream_mode="trainable" if self.trains_upstream else "frozen",
             wall_seconds=self.history.seconds,
             device=describe_device(self.device),
+            layer_weights=self.layer_weights(),
+            manifest_folder=self.manifest_folder(),
             **self.run_info,
         )
+
+    def layer_weights(self):
+        """The featurizer's softmax layer weights at the loaded (best) checkpoint."""
+        featurizer = getattr(self.modules, "featurizer", None)
+        if featurizer is None:
+            return None
+        return [round(w, 6) for w in torch.softmax(featurizer.weights.detach().float().cpu(),
+                                                   dim=0).tolist()]
+
+    def manifest_folder(self):
+        """Where the task's prepared manifests are (the report's analysis reads train.csv)."""
+        folder = getattr(self.hparams, "manifest_folder", None)
+        return None if folder is None else str(Path(folder).resolve())
 
     # ------------------------------------------------------------------ for subclasses
     def reset_scores(self, stage):
