@@ -1,0 +1,1 @@
+"""What an encoder's representations look like, before any fine-tuning."""
