@@ -210,11 +210,11 @@ def test_the_embedded_default_gets_the_embedded_profile(tmp_path, tiny_encoder):
     common = ["--upstream_source", tiny_encoder(), "--output_root", tmp_path]
     hparams = load("twin.yaml", *common, "--output_folder", tmp_path / "a")  # data/mini
     assert hparams["run_profile"] == "embedded" and "mini corpus" in hparams["profile_reason"]
-    assert (hparams["lr"], hparams["max_steps"], hparams["ckpt_interval_steps"]) == (1e-4, 20, 10)
-    assert hparams["optimizer_step_limit"] == 20
+    assert (hparams["lr"], hparams["max_steps"], hparams["ckpt_interval_steps"]) == (1e-4, 120, 40)
+    assert hparams["optimizer_step_limit"] == 120
     # the command line wins over the profile; --run_profile forces one
     given = load("twin.yaml", *common, "--output_folder", tmp_path / "b", "--lr", 3e-5)
-    assert (given["lr"], given["max_steps"]) == (3e-5, 20)
+    assert (given["lr"], given["max_steps"]) == (3e-5, 120)
     forced = load("twin.yaml", *common, "--output_folder", tmp_path / "c", "--run_profile", "paper")
     assert (forced["lr"], forced["max_steps"]) == (1e-6, 1700)
     assert forced["profile_reason"] == "requested with --run_profile"
