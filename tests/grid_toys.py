@@ -2,9 +2,10 @@
 
 ``toy_programs(folder)`` writes a toy recipe, a toy analysis script and toy yamls into
 ``folder`` and returns the ``Programs`` that run them. The toy recipe behaves as its yaml
-and command line say (``sleep``, ``fail``), records when it ran in ``<output_root>/events``
-and writes what a real run writes last: ``results.json`` (with ``manifest_folder`` and
-``settings``) or, for a rewiring yaml, ``upstream/rewiring.json`` beside a toy encoder.
+and command line say (``sleep``, ``fail``, ``old_record``: a results.json without
+``manifest_folder``), records when it ran in ``<output_root>/events`` and writes what a
+real run writes last: ``results.json`` (with ``manifest_folder`` and ``settings``) or,
+for a rewiring yaml, ``upstream/rewiring.json`` beside a toy encoder.
 
 Run as a script, it is a grid runner on toy cells (the kill test's subprocess)::
 
@@ -45,9 +46,11 @@ folder.mkdir(parents=True, exist_ok=True)
 if "task" in settings:
     manifest = root / "manifests" / settings["task"]
     manifest.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps({
-        "task": settings["task"], "manifest_folder": str(manifest),
-        "settings": {k: settings[k] for k in ("label_columns", "gain_db") if k in settings}}))
+    record = {"task": settings["task"], "manifest_folder": str(manifest),
+              "settings": {k: settings[k] for k in ("label_columns", "gain_db") if k in settings}}
+    if str(settings.get("old_record", "0")) == "1":  # as an older recipe wrote it
+        del record["manifest_folder"]
+    (folder / "results.json").write_text(json.dumps(record))
 else:
     encoder = folder / "upstream"
     encoder.mkdir(exist_ok=True)
@@ -89,8 +92,8 @@ TOY_TASKS = {
     "QbE": {"task": "QbE"},
 }
 TOY_STRATEGIES = ("twin", "mixed")
-COMMON = {"sleep": 0, "fail": 0, "output_root": "results", "output_folder": "x",
-          "upstream_source": "assets/encoder", "seed": 1986}
+COMMON = {"sleep": 0, "fail": 0, "old_record": 0, "output_root": "results",
+          "output_folder": "x", "upstream_source": "assets/encoder", "seed": 1986}
 
 
 def toy_programs(folder):

@@ -211,6 +211,47 @@ def test_a_failing_cell_stops_nothing_and_is_listed_with_its_log(toys):
     assert text.count("    toy failure: told to fail") == 2  # each log's last lines
 
 
+def test_a_cell_that_cannot_be_made_fails_alone(toys):
+    """An analysis whose results.json names no manifest folder (an older recipe's) fails
+    with that reason; the runner goes on with the other cells and lists it."""
+    status, lines = run_grid(toys(tasks=["KS", "IC"], extra=["--KS.old_record", "1"]))
+    assert status == 1
+    found = statuses(lines)
+    analysis = next(n for n in found if n.startswith("KS/") and n.endswith("/representations"))
+    assert found[analysis] == "FAILED"
+    assert all(s == "ok" for n, s in found.items() if n != analysis) and len(found) == 4
+    assert re.search(rf"FAILED {re.escape(analysis)} \(.*names no manifest_folder",
+                     "\n".join(lines))
+
+
+def test_analysis_cells_take_the_runs_label_columns_and_gain(toys):
+    grid = toys(tasks=["KS", "IC"])
+    assert run_grid(grid)[0] == 0
+    analyses = {Path(e["folder"]).parts[-2]: e["args"] for e in events(toys.output_root)
+                if e["folder"].startswith(str(toys.output_root / "analysis"))}
+    ks, ic = analyses["KS"], analyses["IC"]
+    assert ks[ks.index("--label_columns") + 1:ks.index("--label_columns") + 2] == ["label"]
+    assert ks[ks.index("--gain_db") + 1] == "-3.0"
+    assert ic[ic.index("--label_columns") + 1:ic.index("--label_columns") + 3] == [
+        "action", "object"]
+    # The toy IC records no gain: the analysis keeps its task's default, not 0 dB.
+    assert "--gain_db" not in ic
+
+
+def test_an_interrupted_grid_is_not_marked_finished(toys):
+    class Interrupted(LocalLauncher):
+        def start(self, *args):
+            handle = super().start(*args)
+            handle.poll = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl-C
+            return handle
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(toys(extra=["--sleep", "5"], analysis=False), launcher=Interrupted())
+    written = summary(toys.output_root)
+    assert written["finished"] is False
+    assert [cell["status"] for cell in written["cells"]] == ["pending"]
+
+
 def test_dependents_of_a_failed_rewiring_are_skipped(toys):
     grid = toys(tasks=["KS"], strategies=["baseline", "twin", "mixed"],
                 extra=["--rewire.fail", "1"])

@@ -41,7 +41,8 @@ def rewiring(folder, strategy, content_hash, source="/models/wavlm-base", source
 
 
 def write_run(path, task, encoder_info, test, *, strategy="baseline", provenance=None,
-              fraction=0.01, seed=1, lr=1e-4, best_dev=None, best_step=100, profile="embedded"):
+              fraction=0.01, seed=1, lr=1e-4, best_dev=None, best_step=100, profile="embedded",
+              upstream_mode="frozen"):
     metric = METRICS[task]
     best_dev = test if best_dev is None else best_dev
     zero_shot = task == "QbE"
@@ -56,7 +57,8 @@ def write_run(path, task, encoder_info, test, *, strategy="baseline", provenance
         profile=profile, provenance=provenance,
         settings={} if zero_shot else {"lr": lr, "batch_size": 32}, zero_shot=zero_shot,
         layer_weights=None if zero_shot else [0.1, 0.2, 0.3, 0.4],
-        manifest_folder="/prepared/x", chosen_layer=2 if zero_shot else None, **training)
+        manifest_folder="/prepared/x", chosen_layer=2 if zero_shot else None,
+        **({} if zero_shot else {"upstream_mode": upstream_mode}), **training)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
@@ -147,7 +149,7 @@ def test_csv_columns_and_one_row_per_cell(report):
     assert list(table[0]) == ["family", "task", "fraction", "strategy", "encoder_content_hash",
                               "metric", "unit", "direction", "mean_test", "std_test",
                               "mean_updates_to_best", "seeds", "lr", "best_step_resolution",
-                              "profile"]
+                              "profile", "upstream_mode"]
     keys = {(r["family"], r["task"], r["fraction"], r["strategy"]) for r in table}
     assert len(keys) == len(table) == 10
     twin = row_of(table, "KS", "twin", "0.01")
@@ -309,3 +311,21 @@ def test_a_tie_is_bold_twice(tmp_path):
     ks = blocks(written["table2.md"].read_text())["wavlm-base · KS (accuracy)"]
     assert line_of(ks, "baseline").startswith("| baseline | **90.00 ± –** ⌚0.1k | 80.00 ± –")
     assert line_of(ks, "twin").startswith("| twin | **90.00 ± –** ⌚0.1k | **85.00 ± –**")
+
+
+def test_a_trainable_upstream_is_its_own_block(tmp_path):
+    """Fine-tuning the encoder is another experiment than probing it frozen: its runs are
+    neither averaged with the frozen ones nor taken for repeats of them."""
+    runs = tmp_path / "runs"
+    write_run(runs / "frozen1" / "results.json", "KS", BASELINE, 90.0, seed=1)
+    write_run(runs / "frozen2" / "results.json", "KS", BASELINE, 92.0, seed=2)
+    write_run(runs / "tuned1" / "results.json", "KS", BASELINE, 60.0, seed=1,
+              upstream_mode="trainable")
+    written = write_report(runs, tmp_path / "out")
+    table = rows(written["table2.csv"])
+    assert sorted((r["upstream_mode"], r["mean_test"], r["seeds"]) for r in table) == [
+        ("frozen", "91.0", "2"), ("trainable", "60.0", "1")]
+    found = blocks(written["table2.md"].read_text())
+    assert "91.00 ± 1.41" in line_of(found["wavlm-base · KS (accuracy)"], "baseline")
+    tuned = found["wavlm-base · KS, trainable upstream (accuracy)"]
+    assert "60.00 ± –" in line_of(tuned, "baseline") and "fine-tuned" in tuned

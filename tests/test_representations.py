@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,9 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
 COLUMNS = ["ID", "duration", "wav", "start", "stop", "random_crop", "spk", "label"]
 RECORD_KEYS = ["schema", "kind", "task", "manifest", "manifest_sha256", "items", "max_items",
-               "seed", "layer", "gain_db", "label_columns", "encoder", "strategy",
-               "provenance", "log10_isotropy", "class_separation", "tsne", "seconds",
-               "device"]
+               "seed", "layer", "gain_db", "label_columns", "features_fingerprint", "encoder",
+               "strategy", "provenance", "log10_isotropy", "class_separation", "tsne",
+               "seconds", "device"]
 
 
 def write_corpus(folder):
@@ -129,6 +130,26 @@ def test_rerun_reuses_and_changed_settings_recompute(corpus, encoder, tmp_path):
                                    output_root=root, progressbar=False)
     assert not last.reused and last.record["layer"] == "last"
     assert last.record["log10_isotropy"] != fewer.record["log10_isotropy"]
+
+
+def test_changed_audio_is_not_reused(encoder, tmp_path):
+    """The same manifest bytes over regenerated audio (the feature cache's rule: file sizes
+    and times) is computed again, never read back from the old record."""
+    manifest, rows = write_corpus(tmp_path)
+    first = analyse_representations(encoder, manifest, "KS", output_root=tmp_path / "r",
+                                    progressbar=False)
+    wav = Path(rows[0]["wav"])
+    signal, rate = sf.read(wav)
+    sf.write(wav, np.random.default_rng(9).normal(size=signal.shape) * 0.5, rate)
+    stat = wav.stat()
+    os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # whatever the clock
+    again = analyse_representations(encoder, manifest, "KS", output_root=tmp_path / "r",
+                                    progressbar=False)
+    assert again.record["manifest_sha256"] == first.record["manifest_sha256"]
+    assert not again.reused
+    assert again.record["log10_isotropy"] != first.record["log10_isotropy"]
+    assert analyse_representations(encoder, manifest, "KS", output_root=tmp_path / "r",
+                                   progressbar=False).reused
 
 
 def test_max_items_samples_deterministically(corpus, encoder, tmp_path):

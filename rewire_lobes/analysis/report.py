@@ -14,7 +14,9 @@ summarised:
   family × task × strategy × fraction: the lr with the best mean dev score over seeds is
   kept, and only its runs are reported;
 * a **cell** is the mean test score over seeds, its sample std and the mean number of
-  updates to the best dev checkpoint (the paper's ⌚ column).
+  updates to the best dev checkpoint (the paper's ⌚ column);
+* runs that fine-tuned the encoder (``upstream_mode: trainable``) are another experiment
+  than SUPERB's frozen probing: they get blocks of their own, never pooled with frozen runs.
 
 Files that cannot be read, or of an unknown schema, are skipped with a warning and
 counted; they never stop the report.
@@ -44,10 +46,11 @@ TASK_ORDER = ("KS", "IC", "ASR", "SF", "SD", "QbE")
 EMBEDDED_NOTE = ("Synthetic embedded default (mini corpus + the small shipped encoder): "
                  "these numbers test the pipeline, they are not the paper's.")
 HASH_LABEL = 8  # hex digits of a content hash in a label
+FROZEN, TRAINABLE = "frozen", "trainable"  # results.json's upstream_mode (absent: frozen)
 
 TABLE2_COLUMNS = ["family", "task", "fraction", "strategy", "encoder_content_hash", "metric",
                   "unit", "direction", "mean_test", "std_test", "mean_updates_to_best",
-                  "seeds", "lr", "best_step_resolution", "profile"]
+                  "seeds", "lr", "best_step_resolution", "profile", "upstream_mode"]
 ISOTROPY_COLUMNS = ["encoder", "strategy", "dataset", "log10_is", "items", "layer",
                     "silhouette", "knn_accuracy", "chance"]
 
@@ -68,6 +71,7 @@ class Run:
     unit: str
     direction: str
     zero_shot: bool
+    upstream_mode: str  # frozen or trainable
     fraction: object  # float, None when zero-shot
     seed: object
     lr: object
@@ -103,6 +107,7 @@ class Run:
                 dev_metric=record.get("dev_metric", record["metric"]),
                 unit=record.get("unit", ""), direction=record["direction"],
                 zero_shot=bool(record.get("zero_shot")),
+                upstream_mode=str(record.get("upstream_mode") or FROZEN),
                 fraction=_optional_float(record.get("fraction")),
                 seed=record.get("seed"), lr=_optional_float(settings.get("lr")),
                 best_dev=_optional_float(record.get("best_dev")),
@@ -376,7 +381,7 @@ class Cell:
 
 @dataclass
 class Block:
-    """One family × task × metric: a small table of strategies × fractions."""
+    """One family × task × metric × upstream mode: a small table of strategies × fractions."""
 
     family: str
     task: str
@@ -385,8 +390,15 @@ class Block:
     unit: str
     direction: str
     zero_shot: bool
+    upstream_mode: str = FROZEN
     cells: dict = field(default_factory=dict)  # (label, fraction) -> Cell
     left_out: int = 0  # runs of the lrs not chosen
+
+    @property
+    def title(self):
+        """``family · task``, and the upstream mode when it is not SUPERB's frozen one."""
+        mode = "" if self.upstream_mode == FROZEN else f", {self.upstream_mode} upstream"
+        return f"{self.family} · {self.task}{mode}"
 
     @property
     def labels(self):
@@ -410,18 +422,20 @@ def aggregate(collection, names):
     """The blocks of Table 2, ordered by family, task and metric."""
     groups = defaultdict(list)
     for run in collection.runs:
-        groups[run.family_hash, run.task, run.metric, names.label(run), run.fraction].append(run)
+        groups[run.family_hash, run.task, run.metric, run.upstream_mode, names.label(run),
+               run.fraction].append(run)
     blocks = {}
-    for (family_hash, task, metric, label, fraction), runs in groups.items():
+    for (family_hash, task, metric, mode, label, fraction), runs in groups.items():
         first = runs[0]
-        block = blocks.setdefault((family_hash, task, metric), Block(
+        block = blocks.setdefault((family_hash, task, metric, mode), Block(
             family=names.family(family_hash), task=task, metric=metric,
             dev_metric=first.dev_metric, unit=first.unit, direction=first.direction,
-            zero_shot=first.zero_shot))
+            zero_shot=first.zero_shot, upstream_mode=mode))
         cell = choose_lr(label, fraction, runs, first.direction)
         block.cells[label, fraction] = cell
         block.left_out += len(runs) - cell.seeds
-    return sorted(blocks.values(), key=lambda b: (b.family, task_key(b.task), b.metric))
+    return sorted(blocks.values(), key=lambda b: (b.family, task_key(b.task), b.metric,
+                                                  b.upstream_mode != FROZEN, b.upstream_mode))
 
 
 def choose_lr(label, fraction, runs, direction):
@@ -517,7 +531,7 @@ def block_markdown(block):
     fractions = block.fractions
     show_seeds = len({cell.seeds for cell in block.cells.values()}) > 1
     best = {fraction: block.best_labels(fraction, digits) for fraction in fractions}
-    lines = [f"### {block.family} · {block.task} ({block.metric})", "",
+    lines = [f"### {block.title} ({block.metric})", "",
              "| strategy | " + " | ".join(map(fraction_header, fractions)) + " |",
              "|---|" + "---|" * len(fractions)]
     for label in block.labels:
@@ -530,6 +544,9 @@ def block_markdown(block):
     better = "higher" if block.direction == "max" else "lower"
     unit = f" in {block.unit}" if block.unit else " (a plain number)"
     notes = [f"Test {block.metric}{unit}, {better} is better (direction: {block.direction})."]
+    if block.upstream_mode == TRAINABLE:
+        notes.append("The encoder was fine-tuned with the head (upstream_mode trainable), not "
+                     "frozen as SUPERB probes it: compare these runs with each other only.")
     resolutions = sorted({r for cell in block.cells.values() for r in cell.resolutions})
     if not block.zero_shot and resolutions:
         notes.append("⌚: updates-to-best at a resolution of "
@@ -612,7 +629,7 @@ def table2_rows(blocks):
                     "mean_test": cell.mean_test, "std_test": cell.std_test,
                     "mean_updates_to_best": cell.mean_updates, "seeds": cell.seeds,
                     "lr": cell.lr, "best_step_resolution": "/".join(map(str, cell.resolutions)),
-                    "profile": "/".join(cell.profiles),
+                    "profile": "/".join(cell.profiles), "upstream_mode": block.upstream_mode,
                 })
     return rows
 

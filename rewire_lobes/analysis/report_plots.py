@@ -120,7 +120,7 @@ def _curve_panel(axis, block, fraction, colours):
     unit = f" ({block.unit})" if block.unit else ""
     axis.set_xlabel("update")
     axis.set_ylabel(f"dev {block.dev_metric}{unit}")
-    axis.set_title(f"{block.family} · {block.task} at {fraction_header(fraction)}")
+    axis.set_title(f"{block.title} at {fraction_header(fraction)}")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
 
@@ -145,7 +145,7 @@ def plot_layer_weights(blocks, folder):
             axis.xaxis.get_major_locator().set_params(integer=True)
             axis.set_xlabel("layer (0 = CNN features)")
             axis.set_ylabel("softmax weight")
-            axis.set_title(f"{block.family} · {task} at {fraction_header(fraction)}")
+            axis.set_title(f"{block.title} at {fraction_header(fraction)}")
             axis.grid(alpha=0.3)
             axis.legend(fontsize=7)
         written.append(_save(figure, Path(folder) / f"layer_weights_{task}.png"))

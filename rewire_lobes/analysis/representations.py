@@ -21,8 +21,10 @@ Audio is read as the recipes read it: with the task's gain, and KS' ``_silence_`
 random-crop rows cropped at a start fixed by the seed (as the dev set is).
 
 Output: ``<output_root>/analysis/<task>/<encoder_id>/representations.json``. A rerun
-with the same encoder weights, manifest bytes and settings reuses it (and says so);
-any of these changed computes it again.
+with the same encoder weights, manifest bytes and settings, reading the same input as
+the feature cache sees it (``features_fingerprint``: the encoder's features hash, the
+sampled items' files with their sizes and times, the audio pipeline), reuses it (and
+says so); any of these changed computes it again.
 
 Example::
 
@@ -50,7 +52,7 @@ from rewire_lobes.downstream.dataio import (
     crop_length,
     has_random_crops,
 )
-from rewire_lobes.downstream.features import FeatureCache
+from rewire_lobes.downstream.features import FeatureCache, manifest_fingerprint
 from rewire_lobes.downstream.results import describe_device
 from rewire_lobes.errors import DataFileError, DataFolderError, OptionError
 from rewire_lobes.io_utils import write_json_atomic
@@ -65,7 +67,8 @@ logger = logging.getLogger(__name__)
 SCHEMA = 1
 RECORD_FILE = "representations.json"
 # What must be equal for a representations.json to be reused (encoder: its content hash).
-REUSE_KEYS = ("manifest_sha256", "max_items", "seed", "layer", "gain_db", "label_columns")
+REUSE_KEYS = ("manifest_sha256", "max_items", "seed", "layer", "gain_db", "label_columns",
+              "features_fingerprint")
 LAYERS = ("mean", "last")
 KNN_K = 5
 MAX_PERPLEXITY = 30.0
@@ -369,16 +372,19 @@ def analyse_representations(upstream_source, manifest, task, label_columns=None,
     source = resolve_upstream_source(upstream_source, output_root)
     upstream = SSLUpstream(source, freeze=True).to(device)
     encoder = describe_encoder(upstream)
-    path = record_path(output_root, task, source)
-    previous = reusable(path, settings, encoder["content_hash"])
-    if previous is not None:
-        logger.info("Reusing %s: same encoder, manifest and settings", path)
-        return Analysis(path, previous, True)
-
     rows = sample_rows(rows, settings["max_items"], settings["seed"])
     dataset, tag = training_dataset(rows, gain_db, settings["seed"])
     cache = FeatureCache(Path(output_root) / "feature_cache", upstream, batch_size=batch_size,
                          encoder_hash=encoder["content_hash"])
+    # The manifest's bytes do not cover its audio: regenerated files must not be reused.
+    settings["features_fingerprint"] = hashlib.sha256(
+        f"{cache.encoder_hash};{manifest_fingerprint(dataset, tag)}".encode()).hexdigest()
+    path = record_path(output_root, task, source)
+    previous = reusable(path, settings, encoder["content_hash"])
+    if previous is not None:
+        logger.info("Reusing %s: same encoder, manifest, audio and settings", path)
+        return Analysis(path, previous, True)
+
     pooled = cache.load(dataset, tag, progressbar=progressbar).vectors
     vectors = select_layer(pooled.numpy(), layer)
     labels = row_classes(rows, label_columns)
@@ -390,7 +396,7 @@ def analyse_representations(upstream_source, manifest, task, label_columns=None,
         "manifest_sha256": settings["manifest_sha256"],
         "items": len(rows),
         **{key: settings[key] for key in ("max_items", "seed", "layer", "gain_db",
-                                          "label_columns")},
+                                          "label_columns", "features_fingerprint")},
         "encoder": encoder,
         "strategy": resolve_strategy(None, source),
         "provenance": read_provenance(source),

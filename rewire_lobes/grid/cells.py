@@ -298,11 +298,13 @@ class Grid:
                                 "(made by an older recipe?): the analysis cannot find its data")
             settings = results.get("settings") or {}
             manifest = results["manifest_folder"]
+            # What the runs did not record is left to the analysis' task defaults (KS -3 dB).
             columns = settings.get("label_columns") or []
-            gain = settings.get("gain_db", 0)
+            gain = settings.get("gain_db")
         args = ("--upstream_source", encoder, "--manifest", str(Path(manifest) / "train.csv"),
                 "--task", task, *(("--label_columns", *map(str, columns)) if columns else ()),
-                "--gain_db", str(gain), "--output_root", str(self.output_root))
+                *(("--gain_db", str(gain)) if gain is not None else ()),
+                "--output_root", str(self.output_root))
         output = (Path("<known once its runs finished>") if placeholder
                   else self.programs.analysis_output(self.output_root, task, encoder))
         name = f"{task}/{encoder_id}/{strategy}/representations"

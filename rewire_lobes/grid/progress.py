@@ -73,7 +73,7 @@ class Progress:
     def finish(self, entry, status, seconds=None, message=None):
         entry.status, entry.seconds, entry.message = status, seconds, message
         self.finished += 1
-        if status in (OK, FAILED):
+        if status in (OK, FAILED) and seconds is not None:  # None: it never ran
             self.run_seconds.append(seconds)
         line = f"[{self.finished}/{len(self.entries)}] {entry.cell.name}: {status}"
         if seconds is not None:

@@ -142,6 +142,7 @@ class GridRunner:
             self.progress.write()
             for entry in self.rewiring.values():
                 self.enqueue(entry)
+            finished = False  # an interrupted run stopped its cells: summary.json says so
             try:
                 while True:
                     self.release()
@@ -154,11 +155,12 @@ class GridRunner:
                     self.collect()
                 if self.groups:
                     raise RuntimeError(f"cells never made: {[g.entries for g in self.groups]}")
+                finished = True
             except BaseException:
                 self.stop()
                 raise
             finally:
-                self.progress.write(done=not self.running)
+                self.progress.write(done=finished)
         return self.report()
 
     @contextlib.contextmanager
