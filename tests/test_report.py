@@ -42,20 +42,21 @@ def rewiring(folder, strategy, content_hash, source="/models/wavlm-base", source
 
 def write_run(path, task, encoder_info, test, *, strategy="baseline", provenance=None,
               fraction=0.01, seed=1, lr=1e-4, best_dev=None, best_step=100, profile="embedded",
-              upstream_mode="frozen"):
+              upstream_mode="frozen", max_steps=400):
     metric = METRICS[task]
     best_dev = test if best_dev is None else best_dev
     zero_shot = task == "QbE"
     training = dict(fraction=None, seed=None, best_step=None, steps=None, max_steps=None,
                     eval_every_steps=None) if zero_shot else dict(
-        fraction=fraction, seed=seed, best_step=best_step, steps=400, max_steps=400,
+        fraction=fraction, seed=seed, best_step=best_step, steps=max_steps, max_steps=max_steps,
         eval_every_steps=50)
     curve = [] if zero_shot else [[50, best_dev - 5], [best_step, best_dev], [400, best_dev - 1]]
     record = results_record(
         task=task, encoder=encoder_info, metric=metric, dev_metric=metric,
         test_scores={metric: test}, dev_curve=curve, best_dev=best_dev, strategy=strategy,
         profile=profile, provenance=provenance,
-        settings={} if zero_shot else {"lr": lr, "batch_size": 32}, zero_shot=zero_shot,
+        settings={} if zero_shot else {"lr": lr, "batch_size": 32, "max_steps": max_steps},
+        zero_shot=zero_shot,
         layer_weights=None if zero_shot else [0.1, 0.2, 0.3, 0.4],
         manifest_folder="/prepared/x", chosen_layer=2 if zero_shot else None,
         **({} if zero_shot else {"upstream_mode": upstream_mode}), **training)
@@ -329,3 +330,18 @@ def test_a_trainable_upstream_is_its_own_block(tmp_path):
     assert "91.00 ± 1.41" in line_of(found["wavlm-base · KS (accuracy)"], "baseline")
     tuned = found["wavlm-base · KS, trainable upstream (accuracy)"]
     assert "60.00 ± –" in line_of(tuned, "baseline") and "fine-tuned" in tuned
+
+
+def test_runs_with_other_settings_are_rows_of_their_own(tmp_path):
+    """A 20-update smoke run beside the full runs of the same cell is neither averaged
+    with them nor dropped as a repeat of the same seed."""
+    runs = tmp_path / "runs"
+    write_run(runs / "full1" / "results.json", "KS", BASELINE, 90.0, seed=1)
+    write_run(runs / "full2" / "results.json", "KS", BASELINE, 92.0, seed=2)
+    write_run(runs / "smoke" / "results.json", "KS", BASELINE, 40.0, seed=1, max_steps=20)
+    written = write_report(runs, tmp_path / "out")
+    table = rows(written["table2.csv"])
+    assert sorted((r["strategy"], r["mean_test"], r["seeds"]) for r in table) == [
+        ("baseline [max_steps=20]", "40.0", "1"), ("baseline [max_steps=400]", "91.0", "2")]
+    ks = blocks(written["table2.md"].read_text())["wavlm-base · KS (accuracy)"]
+    assert "91.00 ± 1.41" in line_of(ks, "baseline [max_steps=400]")

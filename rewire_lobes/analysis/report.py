@@ -324,10 +324,10 @@ def strategy_key(label):
 
     Example
     -------
-    >>> sorted(["other", "mixed (ab)", "twin", "baseline", "mixed (aa)"], key=strategy_key)
-    ['baseline', 'twin', 'mixed (aa)', 'mixed (ab)', 'other']
+    >>> sorted(["other", "mixed (ab)", "twin [lr=1]", "baseline", "mixed (aa)"], key=strategy_key)
+    ['baseline', 'twin [lr=1]', 'mixed (aa)', 'mixed (ab)', 'other']
     """
-    base = label.split(" (")[0]
+    base = label.split(" (")[0].split(" [")[0]
     rank = STRATEGY_ORDER.index(base) if base in STRATEGY_ORDER else len(STRATEGY_ORDER)
     return rank, label
 
@@ -431,9 +431,10 @@ def aggregate(collection, names):
             family=names.family(family_hash), task=task, metric=metric,
             dev_metric=first.dev_metric, unit=first.unit, direction=first.direction,
             zero_shot=first.zero_shot, upstream_mode=mode))
-        cell = choose_lr(label, fraction, runs, first.direction)
-        block.cells[label, fraction] = cell
-        block.left_out += len(runs) - cell.seeds
+        for variant, variant_runs in setting_variants(label, runs).items():
+            cell = choose_lr(variant, fraction, variant_runs, first.direction)
+            block.cells[variant, fraction] = cell
+            block.left_out += len(variant_runs) - cell.seeds
     return sorted(blocks.values(), key=lambda b: (b.family, task_key(b.task), b.metric,
                                                   b.upstream_mode != FROZEN, b.upstream_mode))
 
@@ -449,7 +450,6 @@ def choose_lr(label, fraction, runs, direction):
                            "lr): left out", run.path, seeds[run.seed].path)
             continue
         seeds[run.seed] = run
-    _warn_other_settings(runs)
     means = {}
     for lr, seeds in by_lr.items():
         devs = [run.best_dev for run in seeds.values() if run.best_dev is not None]
@@ -470,14 +470,33 @@ def choose_lr(label, fraction, runs, direction):
 IDENTITY_VARIES = {"lr", "seed"}
 
 
-def _warn_other_settings(runs):
-    keys = {key for run in runs for key in run.settings} - IDENTITY_VARIES
-    differing = sorted(key for key in keys
-                       if len({json.dumps(run.settings.get(key), sort_keys=True)
-                               for run in runs}) > 1)
-    if differing:
-        logger.warning("runs %s differ in settings %s besides lr and seed; they are pooled",
-                       ", ".join(str(run.path) for run in runs), ", ".join(differing))
+def setting_variants(label, runs):
+    """``{row label: runs}``: runs of one cell that differ in a setting besides the lr and
+    the seed (a 20-update smoke run beside the full one, another head size ...) are never
+    pooled; each such variant is a row of its own, its label naming the differing values.
+
+    Example
+    -------
+    >>> from types import SimpleNamespace as Run
+    >>> runs = [Run(settings={"seed": s, "max_steps": m}) for s, m in ((1, 20), (2, 20), (1, 600))]
+    >>> {k: len(v) for k, v in setting_variants("mixed", runs).items()}
+    {'mixed [max_steps=20]': 2, 'mixed [max_steps=600]': 1}
+    """
+    keys = sorted({key for run in runs for key in run.settings} - IDENTITY_VARIES)
+
+    def value(run, key):
+        return json.dumps(run.settings.get(key), sort_keys=True)
+
+    differing = [key for key in keys if len({value(run, key) for run in runs}) > 1]
+    if not differing:
+        return {label: runs}
+    variants = defaultdict(list)
+    for run in runs:
+        named = ", ".join(f"{key}={value(run, key)}" for key in differing)
+        variants[f"{label} [{named}]"].append(run)
+    logger.warning("runs of %s differ in %s besides lr and seed: reported apart", label,
+                   ", ".join(differing))
+    return dict(sorted(variants.items()))
 
 
 # ---------------------------------------------------------------------------- format
