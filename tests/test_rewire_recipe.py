@@ -211,12 +211,13 @@ def test_the_embedded_default_gets_the_embedded_profile(tmp_path, tiny_encoder):
     hparams = load("twin.yaml", *common, "--output_folder", tmp_path / "a")  # data/mini
     assert hparams["run_profile"] == "embedded" and "mini corpus" in hparams["profile_reason"]
     assert (hparams["lr"], hparams["max_steps"], hparams["ckpt_interval_steps"]) == (1e-4, 120, 40)
-    assert hparams["optimizer_step_limit"] == 120
+    assert hparams["optimizer_step_limit"] == 120 and hparams["freeze_feature_encoder"] is True
     # the command line wins over the profile; --run_profile forces one
     given = load("twin.yaml", *common, "--output_folder", tmp_path / "b", "--lr", 3e-5)
     assert (given["lr"], given["max_steps"]) == (3e-5, 120)
     forced = load("twin.yaml", *common, "--output_folder", tmp_path / "c", "--run_profile", "paper")
     assert (forced["lr"], forced["max_steps"]) == (1e-6, 1700)
+    assert forced["freeze_feature_encoder"] is False  # the paper rewires the CNN too
     assert forced["profile_reason"] == "requested with --run_profile"
 
 
@@ -276,10 +277,12 @@ def _loss_and_grads(upstream, views):
 
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_the_cnn_gets_gradients_by_default(tmp_path, tiny_encoder, norm):
+    """The paper's profile rewires the CNN front-end too (the embedded one keeps it fixed)."""
     from rewire_lobes.rewiring.brain import trainable_parameters
 
     source = tiny_encoder(feat_extract_norm=norm)
-    hparams = load("twin.yaml", "--upstream_source", source, "--output_folder", tmp_path / "run")
+    hparams = load("twin.yaml", "--upstream_source", source, "--output_folder", tmp_path / "run",
+                   "--run_profile", "paper")
     upstream = hparams["encoder_factory"](source, dropout=0.0).train()
     trainable = trainable_parameters(upstream)
     names = {id(p): n for n, p in upstream.named_parameters()}
