@@ -82,6 +82,24 @@ def test_cells_of_a_grid(toys):
     assert len(set(folders)) == len(folders)
 
 
+def test_a_task_can_have_its_own_fractions_and_seeds(toys):
+    grid = toys(tasks=["KS", "IC", "QbE"], strategies=["baseline"],
+                fractions=["0.01", "KS=0.5,1"], seeds=["1986", "KS=1,2,3"])
+    runner = GridRunner(grid, LocalLauncher())
+    runner.plan()
+    runs = {(c.task, c.args[c.args.index("--fraction") + 1], c.args[c.args.index("--seed") + 1])
+            for c in (e.cell for e in runner.progress.entries)
+            if c.kind == "downstream" and c.task != "QbE"}
+    assert runs == {("KS", f, s) for f in ("0.5", "1") for s in ("1", "2", "3")} | {
+        ("IC", "0.01", "1986")}
+    with pytest.raises(OptionError, match="SF is not in --tasks"):
+        toys(tasks=["KS"], strategies=["baseline"], fractions=["SF=0.1"], seeds=["1986"])
+    with pytest.raises(OptionError, match="no value for IC"):
+        toys(tasks=["KS", "IC"], strategies=["baseline"], fractions=["KS=0.1"], seeds=["1986"])
+    with pytest.raises(OptionError, match="not a whole number"):
+        toys(tasks=["KS"], strategies=["baseline"], fractions=["0.1"], seeds=["KS=1,x"])
+
+
 def test_dry_run_prints_every_cell_and_runs_nothing(toys, capsys):
     grid = toys(tasks=["KS", "QbE"], strategies=["baseline", "mixed"])
     dry_run(grid)

@@ -65,9 +65,11 @@ def parser():
                       help=f"encoders to compare: {' '.join(STRATEGIES)} (default: all)")
     grid.add_argument("--fractions", nargs="+", default=["0.01", "0.05", "0.1", "1"],
                       metavar="F", help="shares of the training labels, in (0, 1] "
-                                        "(default: the paper's 0.01 0.05 0.1 1)")
+                                        "(default: the paper's 0.01 0.05 0.1 1); TASK=F,F "
+                                        "sets one task's own, e.g. 0.01 KS=0.5")
     grid.add_argument("--seeds", nargs="+", default=["1986"], metavar="SEED",
-                      help="seeds of the downstream runs (default: 1986)")
+                      help="seeds of the downstream runs (default: 1986); TASK=S,S sets "
+                           "one task's own, e.g. 1986 KS=1986,1987,1988")
     grid.add_argument("--lrs", nargs="+", default=[], metavar="TASK=LR,LR",
                       help="learning-rate sweep, e.g. KS=0.0001,0.001 IC=0.001: one cell per "
                            "lr (folder suffix _lr<lr>); the report keeps the best by dev")

@@ -171,6 +171,15 @@ class Grid:
     options: PassThrough = dataclasses.field(default_factory=PassThrough)
     analysis: bool = True
     programs: Programs = dataclasses.field(default_factory=Programs)
+    # Per-task overrides of ``fractions`` and ``seeds`` (``--fractions 0.01 KS=0.5``).
+    task_fractions: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+    task_seeds: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+
+    def fractions_of(self, task):
+        return self.task_fractions.get(task, self.fractions)
+
+    def seeds_of(self, task):
+        return self.task_seeds.get(task, self.seeds)
 
     # ------------------------------------------------------------------ encoders
     @functools.cached_property
@@ -238,8 +247,8 @@ class Grid:
             return [self._downstream(program, folder, encoder, strategy, task, None,
                                      common, options, placeholder)]
         cells = []
-        for fraction in self.fractions:
-            for seed in self.seeds:
+        for fraction in self.fractions_of(task):
+            for seed in self.seeds_of(task):
                 for lr in self.lrs.get(task, (None,)):
                     run = f"fraction{fraction}_seed{seed}" + (f"_lr{lr}" if lr else "")
                     folder = base / strategy / f"{run}{digest}"
@@ -329,7 +338,8 @@ def make_grid(*, tasks, strategies, fractions, seeds, output_root, upstream_sour
         Task names of ``programs.tasks``; ``baseline`` and strategies of
         ``programs.rewiring``.
     fractions, seeds : list of str
-        Training label shares in (0, 1] and seeds of the downstream runs.
+        Training label shares in (0, 1] and seeds of the downstream runs; a ``TASK=A,B``
+        item sets a task's own (``["0.01", "KS=0.5"]``: KS at 50 %, the others at 1 %).
     output_root : path
         Where every run folder goes (made absolute: recipes run from the repository).
     upstream_source : str
@@ -358,15 +368,17 @@ def make_grid(*, tasks, strategies, fractions, seeds, output_root, upstream_sour
         if strategy != BASELINE and strategy not in programs.rewiring:
             raise OptionError(f"--strategies {strategy}: not a strategy (one of {BASELINE}, "
                               f"{', '.join(programs.rewiring)})")
-    fractions = _unique(number_label(check_fraction(f)) for f in fractions)
-    seeds = _unique(_whole(seed, "--seeds") for seed in seeds)
+    fractions, task_fractions = _per_task(
+        fractions, tasks, "--fractions", lambda f: number_label(check_fraction(f)))
+    seeds, task_seeds = _per_task(seeds, tasks, "--seeds", lambda s: _whole(s, "--seeds"))
     grid = Grid(
         tasks=tasks, strategies=strategies, fractions=fractions, seeds=seeds,
         output_root=Path(output_root).expanduser().resolve(), upstream_source=str(upstream_source),
         rewire_seed=_whole(rewire_seed, "--rewire_seed"),
         encoders=_checked_encoders(encoders or {}, strategies),
         lrs=_checked_lrs(lrs or {}, tasks, programs, options), options=options,
-        analysis=analysis, programs=programs,
+        analysis=analysis, programs=programs, task_fractions=task_fractions,
+        task_seeds=task_seeds,
     )
     scopes = {task: (programs.tasks[task].hparams,
                      yaml_keys(programs.path(programs.tasks[task].hparams))) for task in tasks}
@@ -377,6 +389,27 @@ def make_grid(*, tasks, strategies, fractions, seeds, output_root, upstream_sour
             *(yaml_keys(programs.path(f)) for f in files)))
     check_pass_through(options, scopes)
     return grid
+
+
+def _per_task(tokens, tasks, option, check):
+    """``(values, {task: values})`` from ``["0.01", "KS=0.5,1"]``: plain items are every
+    task's, ``TASK=A,B`` items one task's own; a task with neither is an error."""
+    plain, own = [], {}
+    for token in tokens:
+        task, equals, values = str(token).partition("=")
+        if not equals:
+            plain.append(check(token))
+            continue
+        if task not in tasks:
+            raise OptionError(f"{option} {token}: {task} is not in --tasks")
+        if task in own or not values:
+            raise OptionError(f"{option} {token}: give {task}'s values once, as {task}=A,B")
+        own[task] = _unique(check(value) for value in values.split(","))
+    if not plain:
+        missing = [task for task in tasks if task not in own and task not in ZERO_SHOT]
+        if missing:
+            raise OptionError(f"{option}: no value for {', '.join(missing)}")
+    return _unique(plain), own
 
 
 def _whole(value, option):
