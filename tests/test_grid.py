@@ -100,6 +100,20 @@ def test_a_task_can_have_its_own_fractions_and_seeds(toys):
         toys(tasks=["KS"], strategies=["baseline"], fractions=["0.1"], seeds=["KS=1,x"])
 
 
+def test_analysis_only_for_the_chosen_tasks(toys):
+    def analysed(**settings):
+        runner = GridRunner(toys(tasks=["KS", "IC", "QbE"], strategies=["baseline"],
+                                 fractions=["0.1"], seeds=["1986"], **settings), LocalLauncher())
+        runner.plan()
+        return sorted(e.cell.task for e in runner.progress.entries if e.cell.kind == "analysis")
+
+    assert analysed() == ["IC", "KS"]
+    assert analysed(analysis=["KS"]) == ["KS"]
+    assert analysed(analysis=False) == []
+    with pytest.raises(OptionError, match="--analysis_tasks QbE"):
+        analysed(analysis=["QbE"])
+
+
 def test_dry_run_prints_every_cell_and_runs_nothing(toys, capsys):
     grid = toys(tasks=["KS", "QbE"], strategies=["baseline", "mixed"])
     dry_run(grid)

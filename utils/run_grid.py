@@ -86,6 +86,9 @@ def parser():
                           help="seed of the rewiring runs (default: 1986)")
     encoders.add_argument("--no_analysis", action="store_true",
                           help="leave out the representation analysis cells")
+    encoders.add_argument("--analysis_tasks", nargs="+", default=None, metavar="TASK",
+                          help="analyse only these tasks' training sets (default: every "
+                               "task but QbE)")
     running = parser.add_argument_group("running")
     running.add_argument("--jobs", type=int, default=None,
                          help="cells at a time (default 1; with --gpus, one per GPU)")
@@ -142,7 +145,7 @@ def main(argv):
             rewire_seed=args.rewire_seed, encoders=parse_assignments(args.encoder, "--encoder"),
             lrs=parse_assignments(args.lrs, "--lrs"),
             options=parse_pass_through(rest, [*TASK_PROGRAMS, REWIRE_SCOPE]),
-            analysis=not args.no_analysis,
+            analysis=False if args.no_analysis else (args.analysis_tasks or True),
         )
         if args.dry_run:
             dry_run(grid)

@@ -169,7 +169,7 @@ class Grid:
     encoders: Mapping[str, str] = dataclasses.field(default_factory=dict)
     lrs: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
     options: PassThrough = dataclasses.field(default_factory=PassThrough)
-    analysis: bool = True
+    analysis: object = True  # True, False, or the tasks to analyse
     programs: Programs = dataclasses.field(default_factory=Programs)
     # Per-task overrides of ``fractions`` and ``seeds`` (``--fractions 0.01 KS=0.5``).
     task_fractions: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
@@ -321,7 +321,10 @@ class Grid:
                     strategy, task, None, placeholder)
 
     def analysed_tasks(self):
-        return [task for task in self.tasks if task not in ZERO_SHOT] if self.analysis else []
+        """The tasks whose training sets are analysed: ``analysis`` True (every task but
+        QbE), False (none), or a collection of task names."""
+        chosen = self.tasks if self.analysis is True else (self.analysis or ())
+        return [task for task in self.tasks if task in chosen and task not in ZERO_SHOT]
 
     def _name(self, folder):
         return Path(folder).relative_to(self.output_root).as_posix()
@@ -353,8 +356,8 @@ def make_grid(*, tasks, strategies, fractions, seeds, output_root, upstream_sour
         ``{task: [lr, ...]}``: a learning-rate sweep, one cell per lr.
     options : PassThrough, optional
         The pass-through pairs; each must reach some run of the grid.
-    analysis : bool
-        Whether to add the representation analysis cells.
+    analysis : bool or list of str
+        Whether to add the representation analysis cells, or the tasks to add them for.
     programs : Programs, optional
         What the cells run (tests give toy scripts).
     """
@@ -368,6 +371,11 @@ def make_grid(*, tasks, strategies, fractions, seeds, output_root, upstream_sour
         if strategy != BASELINE and strategy not in programs.rewiring:
             raise OptionError(f"--strategies {strategy}: not a strategy (one of {BASELINE}, "
                               f"{', '.join(programs.rewiring)})")
+    if analysis not in (True, False):
+        analysis = _unique(analysis)
+        for task in analysis:
+            if task not in tasks or task in ZERO_SHOT:
+                raise OptionError(f"--analysis_tasks {task}: not a trained task of --tasks")
     fractions, task_fractions = _per_task(
         fractions, tasks, "--fractions", lambda f: number_label(check_fraction(f)))
     seeds, task_seeds = _per_task(seeds, tasks, "--seeds", lambda s: _whole(s, "--seeds"))
