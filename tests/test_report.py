@@ -345,3 +345,25 @@ def test_runs_with_other_settings_are_rows_of_their_own(tmp_path):
         ("baseline [max_steps=20]", "40.0", "1"), ("baseline [max_steps=400]", "91.0", "2")]
     ks = blocks(written["table2.md"].read_text())["wavlm-base · KS (accuracy)"]
     assert "91.00 ± 1.41" in line_of(ks, "baseline [max_steps=400]")
+
+
+def test_tsne_legend_names_classes_that_start_with_an_underscore():
+    """matplotlib drops legend labels starting with "_": KS's _unknown_ must still show."""
+    from types import SimpleNamespace
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rewire_lobes.analysis.report_plots import _tsne_panel
+
+    labels = ["_unknown_", "yes", "_silence_", "no"] * 5
+    record = SimpleNamespace(tsne={"points": [[i, i % 3] for i in range(20)], "labels": labels})
+    row = {"record": record, "encoder": "e", "strategy": "mixed", "layer": "mean",
+           "silhouette": 0.1, "knn_accuracy": 0.5, "chance": 0.25}
+    fig, axis = plt.subplots()
+    _tsne_panel(axis, row, several_families=False, several_layers=False)
+    shown = sorted(text.get_text() for text in axis.get_legend().get_texts())
+    plt.close(fig)
+    assert shown == ["no", "silence", "unknown", "yes"]

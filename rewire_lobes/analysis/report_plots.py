@@ -233,7 +233,8 @@ def _tsne_panel(axis, row, several_families, several_layers):
     cmap = _pyplot().get_cmap("tab20" if len(classes) > 10 else "tab10")
     for i, name in enumerate(classes):
         chosen = [p for p, label in zip(points, labels) if str(label) == name]
-        axis.scatter(*zip(*chosen), s=6, color=cmap(i % cmap.N), label=name)
+        # matplotlib leaves labels that start with "_" out of legends (KS's _unknown_).
+        axis.scatter(*zip(*chosen), s=6, color=cmap(i % cmap.N), label=name.strip("_") or name)
     if 1 < len(classes) <= MAX_LEGEND_CLASSES:
         axis.legend(fontsize=6, markerscale=2, loc="best")
     who = f"{row['encoder']}: " if several_families else ""
