@@ -326,6 +326,14 @@ def test_ks_recipe_custom_keywords(mini_corpus, tiny_encoder, tmp_path):
     assert 0 < crops["train_encoded"] == crops["train_draws"]
     noise_files = len(list((mini_corpus / TRAIN_FOLDER / "_background_noise_").glob("*.wav")))
     assert crops["dev_draws"] == crops["dev_encoded"] == 2 * noise_files  # 2 evaluations
+    # The report's layer-weight figure and the grid's analysis cells read these two.
+    import yaml
+
+    (best_folder,) = [meta.parent for meta in (path.parent / "save").glob("CKPT+*/CKPT.yaml")
+                      if yaml.safe_load(meta.read_text())["step"] == results["best_step"]]
+    best = torch.load(best_folder / "featurizer.ckpt")["weights"]
+    assert results["layer_weights"] == pytest.approx(torch.softmax(best, 0).tolist(), abs=1e-6)
+    assert (Path(results["manifest_folder"]) / "train.csv").is_file()
 
 
 @pytest.mark.slow
