@@ -27,7 +27,9 @@ appears only when some do, so a run with other settings never meets an old run's
   R/grid/logs/<cell name>.log   each cell's stdout and stderr (the name is its folder)
   R/grid/done/<cell key>.json   done-records: a rerun reuses a cell whose record and
                                 output still match, and reruns the others (a killed cell
-                                resumes from its checkpoints)
+                                resumes from its checkpoints); the key covers the
+                                recipe's script and yaml, not rewire_lobes/: after a
+                                library change, delete R/grid/done to run cells again
   R/grid/summary.json           every cell: kind, status, seconds, log, output, command
 
 Exit status: 0 when every cell succeeded or was reused; 1 when some failed (listed at
