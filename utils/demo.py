@@ -73,10 +73,17 @@ def main(argv):
     start = time.time()
     status = subprocess.run(command, cwd=REPO).returncode
     seconds = time.time() - start
+    if status == 2:  # a wrong option: the grid said which, and ran nothing
+        return status
 
     from rewire_lobes.analysis.report import write_report
+    from rewire_lobes.errors import UserError
 
-    written = write_report(root, root / "report")
+    try:
+        written = write_report(root, root / "report")
+    except UserError as err:  # e.g. every cell failed: no results.json to report
+        print(f"error: {err}", file=sys.stderr)
+        return status or 1
     table = Path(written["table2.md"]).read_text(encoding="utf-8")
     timing = (f"The grid took {seconds:.0f} s (cell times: {root / 'grid' / 'summary.json'}; "
               "a rerun reuses finished cells).\n")
