@@ -16,23 +16,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from rewire_lobes.analysis.report import fraction_header, strategy_key
-from rewire_lobes.io_utils import atomic_path
+from rewire_lobes.plotting import pyplot, running_mean, save_png
 
 MAX_LEGEND_CLASSES = 12
 PANEL_SIZE = (4.5, 3.2)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _panels(count, columns):
-    plt = _pyplot()
+    plt = pyplot()
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(PANEL_SIZE[0] * columns,
@@ -42,17 +33,9 @@ def _panels(count, columns):
     return figure, list(axes.flat)[:count]
 
 
-def _save(figure, path):
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    _pyplot().close(figure)
-    return Path(path)
-
-
 def _colours(labels):
     """One colour per strategy label, the same in every figure of a report."""
-    cycle = _pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
     return {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
 
 
@@ -96,7 +79,7 @@ def plot_curves(blocks, folder):
         for axis, block in zip(axes, task_blocks):
             _curve_panel(axis, block, fraction, colours)
         path = Path(folder) / f"curves_{task}_{fraction_name(fraction)}.png"
-        written.append(_save(figure, path))
+        written.append(save_png(figure, path))
     return written
 
 
@@ -148,7 +131,7 @@ def plot_layer_weights(blocks, folder):
             axis.set_title(f"{block.title} at {fraction_header(fraction)}")
             axis.grid(alpha=0.3)
             axis.legend(fontsize=7)
-        written.append(_save(figure, Path(folder) / f"layer_weights_{task}.png"))
+        written.append(save_png(figure, Path(folder) / f"layer_weights_{task}.png"))
     return written
 
 
@@ -180,30 +163,14 @@ def plot_rewiring_loss(rewirings, names, folder):
             label = f"{names.family(item.family_hash)}: {label}"
         steps, losses = zip(*item.loss_curve)
         axis.plot(steps, losses, color=colour, linewidth=0.5, alpha=0.3)
-        axis.plot(steps, running_mean(losses), color=colour, linewidth=1.5,
+        axis.plot(steps, running_mean(losses, len(losses) // 10), color=colour, linewidth=1.5,
                   label=f"{label} ({item.updates} updates)")
     axis.set_xlabel("update")
     axis.set_ylabel("InfoNCE loss (running mean bold)")
     axis.set_title("Rewiring loss")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    return _save(figure, Path(folder) / "rewiring_loss.png")
-
-
-def running_mean(values):
-    """Trailing mean over a tenth of the curve (at least 1 point).
-
-    Example
-    -------
-    >>> running_mean([1.0, 3.0, 5.0])
-    [1.0, 3.0, 5.0]
-    """
-    window = max(1, len(values) // 10)
-    sums, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value - (values[i - window] if i >= window else 0.0)
-        sums.append(total / min(i + 1, window))
-    return sums
+    return save_png(figure, Path(folder) / "rewiring_loss.png")
 
 
 def plot_tsne(isotropy_rows, folder):
@@ -221,7 +188,7 @@ def plot_tsne(isotropy_rows, folder):
         several_layers = len({row["layer"] for row in rows}) > 1
         for axis, row in zip(axes, rows):
             _tsne_panel(axis, row, several_families, several_layers)
-        written.append(_save(figure, Path(folder) / f"tsne_{task}.png"))
+        written.append(save_png(figure, Path(folder) / f"tsne_{task}.png"))
     return written
 
 
@@ -230,7 +197,7 @@ def _tsne_panel(axis, row, several_families, several_layers):
     points = tsne["points"]
     labels = tsne.get("labels") or [""] * len(points)
     classes = sorted({str(label) for label in labels})
-    cmap = _pyplot().get_cmap("tab20" if len(classes) > 10 else "tab10")
+    cmap = pyplot().get_cmap("tab20" if len(classes) > 10 else "tab10")
     for i, name in enumerate(classes):
         chosen = [p for p, label in zip(points, labels) if str(label) == name]
         # matplotlib leaves labels that start with "_" out of legends (KS's _unknown_).

@@ -2,7 +2,7 @@
 
 import math
 
-from rewire_lobes.io_utils import atomic_path
+from rewire_lobes.plotting import pyplot, save_png
 
 DEV_PLOT = "dev_curves.png"
 
@@ -15,11 +15,7 @@ def plot_dev_scores(dev_scores, best_step, path):
     curves = {name: points for name, points in dev_scores.items() if points}
     if not curves:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     columns = min(3, len(curves))
     rows = math.ceil(len(curves) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3 * rows), squeeze=False)
@@ -33,8 +29,5 @@ def plot_dev_scores(dev_scores, best_step, path):
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(curves):]:
         axis.axis("off")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    save_png(figure, path)
     return path

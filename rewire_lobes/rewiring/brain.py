@@ -30,7 +30,8 @@ from speechbrain.utils.checkpoints import (
 from speechbrain.utils.distributed import if_main_process
 
 from rewire_lobes.errors import OptionError
-from rewire_lobes.io_utils import atomic_dir, atomic_path, write_json_atomic
+from rewire_lobes.io_utils import atomic_dir, write_json_atomic
+from rewire_lobes.plotting import pyplot, running_mean, save_png
 from rewire_lobes.rewiring.contrastive import (
     encode_views,
     global_info_nce,
@@ -290,25 +291,14 @@ class RewireBrain(sb.Brain):
         """Loss per update and its running mean, as a PNG (main process)."""
         if not if_main_process() or not self.hparams.loss_history.curve:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         steps, losses = zip(*self.hparams.loss_history.curve)
         window = max(2, len(losses) // 10) if len(losses) >= 4 else 1
-        running = [
-            sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-            for i in range(len(losses))
-        ]
-        fig, axis = plt.subplots(figsize=(6, 3.5))
+        running = running_mean(losses, window)
+        fig, axis = pyplot().subplots(figsize=(6, 3.5))
         axis.plot(steps, losses, lw=0.6, alpha=0.5, label="loss per update")
         axis.plot(steps, running, lw=1.5, label=f"running mean ({window})")
         axis.set_xlabel("update")
         axis.set_ylabel("InfoNCE loss")
         axis.set_title(f"Rewiring: {self.hparams.strategy}")
         axis.legend()
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig)
+        save_png(fig, path, dpi=120)

@@ -28,6 +28,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
 )
 
 from rewire_lobes.io_utils import atomic_path
+from rewire_lobes.plotting import pyplot, save_png
 from rewire_lobes.upstream.encoder import quiet_transformers, random_encoder_config
 
 logger = logging.getLogger(__name__)
@@ -276,11 +277,6 @@ class PretrainHistory:
         ``chance`` (``ln(num_negatives + 1)``) is drawn as the contrastive loss of a
         model that cannot tell the target from its distractors.
         """
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         if not self.train:
             return
         steps = np.array([r["step"] for r in self.train])
@@ -290,7 +286,7 @@ class PretrainHistory:
             values = np.array([r[key] for r in self.train])
             return steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid")
 
-        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        fig, ax = pyplot().subplots(figsize=(6.4, 3.6), dpi=100)
         ax.plot(*smooth("loss"), color="tab:blue", label=f"train loss ({window}-update mean)")
         ax.plot(*smooth("contrastive"), color="tab:purple", label="train contrastive part")
         if self.valid:
@@ -307,7 +303,4 @@ class PretrainHistory:
         perplexity.plot(*smooth("perplexity"), color="tab:green", alpha=0.6, linewidth=0.8)
         perplexity.set_ylabel("codebook perplexity", color="tab:green")
         ax.legend(loc="upper right", fontsize=7)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        save_png(fig, path)
