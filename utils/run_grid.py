@@ -64,7 +64,8 @@ def parser():
     grid.add_argument("--tasks", nargs="+", default=list(TASK_PROGRAMS), metavar="TASK",
                       help=f"tasks to run (default: all of {' '.join(TASK_PROGRAMS)})")
     grid.add_argument("--strategies", nargs="+", default=list(STRATEGIES), metavar="STRATEGY",
-                      help=f"encoders to compare: {' '.join(STRATEGIES)} (default: all)")
+                      help=f"encoders to compare: {' '.join(STRATEGIES)} (default: all), or any "
+                           "other given with --encoder, e.g. mtl")
     grid.add_argument("--fractions", nargs="+", default=["0.01", "0.05", "0.1", "1"],
                       metavar="F", help="shares of the training labels, in (0, 1] "
                                         "(default: the paper's 0.01 0.05 0.1 1); TASK=F,F "

@@ -21,16 +21,13 @@ import sys
 from librispeech_prepare import prepare_librispeech_asr
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.downstream.ctc import exclusion_identity, prepare_and_train
+from rewire_lobes.downstream.ctc import CTC_TASK, exclusion_identity
 from rewire_lobes.runs.cli import load_recipe_hparams, start_experiment, user_errors
 
 
-def main(argv):
-    # Resolves the encoder, the profile and the strategy; claims the run folder.
-    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(
-        argv, identity_extras=exclusion_identity)
-    start_experiment(hparams, hparams_file, overrides)
-
+def prepare(hparams):
+    """The prepare step: the manifests of the corpus (shared by the single- and
+    multi-task recipes); sets ``hparams["manifest_folder"]``."""
     hparams["manifest_folder"] = run_on_main(
         prepare_librispeech_asr,
         kwargs={
@@ -42,8 +39,15 @@ def main(argv):
             "skip_prep": hparams["skip_prep"],
         },
     )
-    # Training set less the excluded utterances, tokenizer, training, decoding.
-    prepare_and_train(hparams, run_opts)
+
+
+def main(argv):
+    # Resolves the encoder, the profile and the strategy; claims the run folder.
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(
+        argv, identity_extras=exclusion_identity)
+    start_experiment(hparams, hparams_file, overrides)
+    prepare(hparams)
+    CTC_TASK.run(hparams, run_opts)
 
 
 if __name__ == "__main__":

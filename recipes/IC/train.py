@@ -21,17 +21,14 @@ import sys
 from fluent_commands_prepare import DATASET_FOLDER, prepare_fluent_commands
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.downstream.dataio import dataio_prepare
-from rewire_lobes.downstream.utterance import train_and_test
+from rewire_lobes.downstream.utterance import UTTERANCE_TASK
 from rewire_lobes.runs.cli import load_recipe_hparams, start_experiment, user_errors
 from rewire_lobes.runs.defaults import ensure_default_data
 
 
-def main(argv):
-    # Resolves the encoder, the profile and the strategy; claims the run folder.
-    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(argv)
-    start_experiment(hparams, hparams_file, overrides)
-
+def prepare(hparams):
+    """The prepare step: the manifests of the corpus (shared by the single- and
+    multi-task recipes); sets ``hparams["manifest_folder"]``."""
     run_on_main(ensure_default_data, args=[hparams["data_folder"], DATASET_FOLDER, "fluent_speech_commands"])
     hparams["manifest_folder"] = run_on_main(
         prepare_fluent_commands,
@@ -41,8 +38,14 @@ def main(argv):
             "skip_prep": hparams["skip_prep"],
         },
     )
-    datasets = dataio_prepare(hparams)
-    train_and_test(hparams, run_opts, datasets)
+
+
+def main(argv):
+    # Resolves the encoder, the profile and the strategy; claims the run folder.
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(argv)
+    start_experiment(hparams, hparams_file, overrides)
+    prepare(hparams)
+    UTTERANCE_TASK.run(hparams, run_opts)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,13 @@ import sys
 from diarization_prepare import prepare_diarization
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.downstream.diarization import prepare_and_train
+from rewire_lobes.downstream.diarization import DIARIZATION_TASK
 from rewire_lobes.runs.cli import load_recipe_hparams, start_experiment, user_errors
 
 
-def main(argv):
-    # Resolves the encoder, the profile and the strategy; claims the run folder.
-    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(argv)
-    start_experiment(hparams, hparams_file, overrides)
-
+def prepare(hparams):
+    """The prepare step: the manifests of the corpus (shared by the single- and
+    multi-task recipes); sets ``hparams["manifest_folder"]``."""
     hparams["manifest_folder"] = run_on_main(
         prepare_diarization,
         kwargs={
@@ -40,8 +38,14 @@ def main(argv):
             "skip_prep": hparams["skip_prep"],
         },
     )
-    # Chunks and frame labels, training, scoring at the best dev checkpoint.
-    prepare_and_train(hparams, run_opts)
+
+
+def main(argv):
+    # Resolves the encoder, the profile and the strategy; claims the run folder.
+    hparams, hparams_file, run_opts, overrides = load_recipe_hparams(argv)
+    start_experiment(hparams, hparams_file, overrides)
+    prepare(hparams)
+    DIARIZATION_TASK.run(hparams, run_opts)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from rewire_lobes.data.manifests import checked_16k_mono
 from rewire_lobes.embedded import is_embedded_data, resolve_data_folder
 from rewire_lobes.errors import DataFileError, DataFolderError, OptionError
 from rewire_lobes.runs.defaults import ensure_default_data
-from rewire_lobes.runs.provenance import RECORD_FILE
+from rewire_lobes.runs.provenance import record_path as encoder_record
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,8 @@ def read_subset(path):
 def rewiring_exclusions(upstream_source):
     """``(ids, info)``: the utterances ``upstream_source`` was rewired on, for ASR to leave out.
 
-    Reads ``<upstream_source>/rewiring.json``: its ``data.subset_file`` (relative to the
+    Reads ``<upstream_source>/rewiring.json`` (or the ``mtl.json`` of an encoder fine-tuned
+    from a rewired one, which carries its subset): its ``data.subset_file`` (relative to the
     encoder directory) must exist and match ``data.subset_sha256``, else
     :class:`rewire_lobes.errors.OptionError` naming the file. An encoder without a record
     (the baseline, a hub id) or whose record names no subset file excludes nothing.
@@ -204,9 +205,9 @@ def rewiring_exclusions(upstream_source):
     (set(), {'excluded_source': None})
     """
     encoder_dir = Path(str(upstream_source)).expanduser()
-    record_path = encoder_dir / RECORD_FILE
+    record_path = encoder_record(encoder_dir)
     nothing = (set(), {"excluded_source": None})
-    if not record_path.is_file():
+    if record_path is None:
         return nothing
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))

@@ -25,7 +25,9 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import speechbrain as sb
 import torch
@@ -48,10 +50,13 @@ from rewire_lobes.downstream.schedule import (
 )
 from rewire_lobes.errors import OptionError
 from rewire_lobes.runs.provenance import read_provenance
+from rewire_lobes.runs.optim import clipped_step
 from rewire_lobes.runs.random_state import RandomState
 from rewire_lobes.upstream.encoder import describe_encoder
 
 logger = logging.getLogger(__name__)
+
+KEEP = object()  # make_brain: the checkpointer of the hparams
 
 
 class DownstreamBrain(sb.Brain):
@@ -120,6 +125,10 @@ class DownstreamBrain(sb.Brain):
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
+
+    def optimizers_step(self):
+        """Clips the head's and a trainable upstream's gradients together (s3prl)."""
+        clipped_step(self)
 
     def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
         """The train loader draws ``eval_every_steps`` updates' batches per round.
@@ -370,18 +379,25 @@ class DownstreamBrain(sb.Brain):
         raise NotImplementedError
 
 
-def fit_downstream(brain_class, hparams, run_opts, datasets, run_info):
-    """Builds a task's Brain from the recipe's hparams, gives each split its input (cached
-    features or audio: the subclass's ``use_cached_features``) and trains it for the
-    step budget; returns the Brain, ready to test at its best dev checkpoint."""
+def make_brain(brain_class, hparams, run_opts, run_info, checkpointer=KEEP):
+    """A task's Brain from the recipe's hparams (``checkpointer`` None: a Brain that is never
+    fitted by itself, e.g. one task of a multi-task run), each split given its input
+    (cached features or audio: the subclass's ``use_cached_features``)."""
     brain = brain_class(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
         run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
+        checkpointer=hparams["checkpointer"] if checkpointer is KEEP else checkpointer,
     )
     brain.run_info.update(run_info)
+    return brain
+
+
+def fit_downstream(brain_class, hparams, run_opts, datasets, run_info):
+    """Builds a task's Brain (:func:`make_brain`) and trains it for the step budget; returns
+    the Brain, ready to test at its best dev checkpoint."""
+    brain = make_brain(brain_class, hparams, run_opts, run_info)
     brain.use_cached_features(datasets)
     brain.fit(
         brain.hparams.epoch_counter,
@@ -391,6 +407,27 @@ def fit_downstream(brain_class, hparams, run_opts, datasets, run_info):
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
     return brain
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """What a family of task recipes (utterance, CTC, diarization) does after the prepare step.
+
+    ``setup(hparams) -> (datasets, run_info)`` builds the splits, the targets and the head
+    (added to ``modules`` and the checkpointer); ``test(brain, datasets, hparams)`` scores
+    the best dev checkpoint and writes results.json. The single-task recipes call
+    :meth:`run`; the multi-task recipe calls ``setup`` and ``test`` around its own loop.
+    """
+
+    brain_class: type
+    setup: Callable
+    test: Callable
+
+    def run(self, hparams, run_opts):
+        datasets, run_info = self.setup(hparams)
+        brain = fit_downstream(self.brain_class, hparams, run_opts, datasets, run_info)
+        self.test(brain, datasets, hparams)
+        return brain
 
 
 def make_tensorboard_writer(folder):

@@ -25,7 +25,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lobes.data.audio import SAMPLE_RATE
 from rewire_lobes.downstream.batching import length_buckets, sliding_windows
-from rewire_lobes.downstream.core import fit_downstream
+from rewire_lobes.downstream.core import TaskFamily
 from rewire_lobes.downstream.ctc_decoding import greedy_ctc
 from rewire_lobes.data.fractions import check_fraction
 from rewire_lobes.data.manifests import read_manifest, write_manifest
@@ -207,32 +207,40 @@ def add_targets(datasets, tokenizer, hparams):
         target_pipeline(tokenizer, hparams["encode_targets"], list(hparams["target_columns"])))
 
 
-def train_and_test(hparams, run_opts, datasets, tokenizer, run_info=None):
-    """Trains the head on ``datasets["train"]``, then decodes dev and test at the best
-    dev checkpoint (hypothesis/reference arks, per-utterance file, results.json)."""
+def add_head(hparams, tokenizer):
+    """The BLSTM-CTC head for the tokenizer's vocabulary, in ``modules`` and the checkpointer."""
     head = hparams["head_class"](num_outputs=tokenizer.size)
     hparams["tokenizer"] = tokenizer
     hparams["modules"]["head"] = head
     hparams["checkpointer"].add_recoverable("head", head)
-    add_targets(datasets, tokenizer, hparams)
-    info = {f"{name}_items": len(data) for name, data in datasets.items()}
-    info.update(getattr(datasets["train"], "counts", {}))
-    info["vocabulary_size"] = tokenizer.size
-    info.update(run_info or {})
-    brain = fit_downstream(CTCBrain, hparams, run_opts, datasets, info)
-    brain.score_at_best(datasets, hparams["test_dataloader_opts"])
-    return brain
+    return head
 
 
-def prepare_and_train(hparams, run_opts):
-    """From the prepared manifests to results.json: the training set less the excluded
-    utterances (``exclude_utterances``), the tokenizer, training, decoding."""
+def setup_ctc_task(hparams):
+    """From the prepared manifests to the training-ready splits (``TaskFamily.setup`` of ASR
+    and SF): the training set less the excluded utterances (``exclude_utterances``), the
+    tokenizer, the targets and the head."""
     check_unit(hparams["task"], hparams["unit"])
     excluded, exclusion_info = resolve_exclusions(hparams["exclude_utterances"],
                                                   hparams["upstream_source"])
     datasets = ctc_dataio_prepare(hparams, excluded)
     tokenizer = build_tokenizer(hparams, datasets["train"])
-    return train_and_test(hparams, run_opts, datasets, tokenizer, run_info=exclusion_info)
+    add_head(hparams, tokenizer)
+    add_targets(datasets, tokenizer, hparams)
+    info = {f"{name}_items": len(data) for name, data in datasets.items()}
+    info.update(getattr(datasets["train"], "counts", {}))
+    info["vocabulary_size"] = tokenizer.size
+    info.update(exclusion_info)
+    return datasets, info
+
+
+def score_at_best(brain, datasets, hparams):
+    """Decodes dev and test at the best dev checkpoint (hypothesis/reference arks,
+    per-utterance file, results.json)."""
+    brain.score_at_best(datasets, hparams["test_dataloader_opts"])
+
+
+CTC_TASK = TaskFamily(CTCBrain, setup_ctc_task, score_at_best)
 
 
 # ---------------------------------------------------------------------- targets

@@ -33,7 +33,7 @@ from rewire_lobes.data.diarization import (
 )
 from rewire_lobes.data.fractions import check_fraction
 from rewire_lobes.data.manifests import read_manifest
-from rewire_lobes.downstream.core import fit_downstream
+from rewire_lobes.downstream.core import TaskFamily
 from rewire_lobes.downstream.dataio import audio_pipeline, write_train_subset
 from rewire_lobes.downstream.frame_level import FrameLevelBrain
 from rewire_lobes.downstream.pit import frame_error_counts, pit_bce
@@ -300,15 +300,20 @@ def check_decision_grid(thresholds, median_widths):
         check_median_width(width)
 
 
-def prepare_and_train(hparams, run_opts):
-    """From the prepared manifests to results.json: chunks, training, scoring at the best
-    dev checkpoint (dev and test RTTMs, posteriors, DER grid)."""
+def setup_diarization_task(hparams):
+    """Chunks and frame labels of every split (``TaskFamily.setup`` of SD)."""
     check_decision_grid(hparams["thresholds"], hparams["median_widths"])
     resolve_frame_shift(hparams)
     datasets = diarization_dataio_prepare(hparams)
     info = {f"{name}_recordings": data.recordings for name, data in datasets.items()}
     info.update({f"{name}_chunks": len(data) for name, data in datasets.items()})
     info["frame_shift"] = hparams["frame_shift"]
-    brain = fit_downstream(DiarizationBrain, hparams, run_opts, datasets, info)
+    return datasets, info
+
+
+def score_at_best(brain, datasets, hparams):
+    """Scores dev and test at the best dev checkpoint (RTTMs, posteriors, DER grid)."""
     brain.score_at_best(datasets, hparams["test_dataloader_opts"])
-    return brain
+
+
+DIARIZATION_TASK = TaskFamily(DiarizationBrain, setup_diarization_task, score_at_best)

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from speechbrain.utils.distributed import run_on_main
 
-from rewire_lobes.downstream.core import DownstreamBrain, fit_downstream
+from rewire_lobes.downstream.core import DownstreamBrain, TaskFamily
 from rewire_lobes.downstream.dataio import (
     audio_pipeline_tag,
     crop_audio_pipeline,
+    dataio_prepare,
     describe_datasets,
     feature_pipeline,
     fixed_items,
@@ -233,14 +234,20 @@ def add_head(hparams):
     return head
 
 
-def train_and_test(hparams, run_opts, datasets):
-    """Trains the head on ``datasets["train"]``, then tests it at the best dev checkpoint."""
+def setup_utterance_task(hparams):
+    """The splits (``dataio_prepare``) and the head; ``TaskFamily.setup`` of KS and IC."""
+    datasets = dataio_prepare(hparams)
     add_head(hparams)
-    brain = fit_downstream(UtteranceBrain, hparams, run_opts, datasets,
-                           describe_datasets(hparams, datasets))
+    return datasets, describe_datasets(hparams, datasets)
+
+
+def test_at_best(brain, datasets, hparams):
+    """Tests the head at the best dev checkpoint (results.json)."""
     brain.evaluate(
         datasets["test"],
         max_key=hparams["dev_metric"],
         test_loader_kwargs=hparams["test_dataloader_opts"],
     )
-    return brain
+
+
+UTTERANCE_TASK = TaskFamily(UtteranceBrain, setup_utterance_task, test_at_best)

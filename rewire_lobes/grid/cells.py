@@ -39,7 +39,7 @@ from rewire_lobes.grid.options import (
     yaml_path,
 )
 from rewire_lobes.io_utils import write_text_atomic
-from rewire_lobes.runs.provenance import BASELINE, RECORD_FILE, read_provenance
+from rewire_lobes.runs.provenance import BASELINE, MTL_RECORD_FILE, RECORD_FILE, read_provenance
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -368,9 +368,12 @@ def make_grid(*, tasks, strategies, fractions, seeds, output_root, upstream_sour
         if task not in programs.tasks:
             raise OptionError(f"--tasks {task}: not a task (one of {', '.join(programs.tasks)})")
     for strategy in strategies:
-        if strategy != BASELINE and strategy not in programs.rewiring:
-            raise OptionError(f"--strategies {strategy}: not a strategy (one of {BASELINE}, "
-                              f"{', '.join(programs.rewiring)})")
+        # Another encoder (e.g. a multi-task fine-tuned one: mtl) comes with --encoder.
+        if strategy != BASELINE and strategy not in programs.rewiring \
+                and strategy not in (encoders or {}):
+            raise OptionError(f"--strategies {strategy}: not a strategy the grid rewires (one "
+                              f"of {BASELINE}, {', '.join(programs.rewiring)}); any other "
+                              f"needs its encoder: --encoder {strategy}=DIR")
     if analysis not in (True, False):
         analysis = _unique(analysis)
         for task in analysis:
@@ -439,12 +442,13 @@ def _checked_encoders(encoders, strategies):
             raise OptionError(f"--encoder {strategy}={folder}: no such encoder directory")
         record = read_provenance(path)
         if record is None:
-            raise OptionError(f"--encoder {strategy}={folder}: {path / RECORD_FILE} is missing, "
-                              "so it is no rewired encoder (give the upstream/ folder of a "
-                              "rewiring run)")
+            raise OptionError(f"--encoder {strategy}={folder}: {path / RECORD_FILE} is missing "
+                              f"(nor is there an {MTL_RECORD_FILE}), so it is no rewired or "
+                              "fine-tuned encoder (give the upstream/ folder of a rewiring or "
+                              "multi-task run)")
         if record["strategy"] != strategy:
-            raise OptionError(f"--encoder {strategy}={folder}: its {RECORD_FILE} says it was "
-                              f"rewired with '{record['strategy']}', not '{strategy}'")
+            raise OptionError(f"--encoder {strategy}={folder}: its {Path(record['record']).name} "
+                              f"says it was made by '{record['strategy']}', not '{strategy}'")
         checked[strategy] = str(path)
     return checked
 

@@ -17,7 +17,6 @@ directory.
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import speechbrain as sb
@@ -30,7 +29,6 @@ from speechbrain.utils.checkpoints import (
 from speechbrain.utils.distributed import if_main_process
 
 from rewire_lobes.errors import OptionError
-from rewire_lobes.io_utils import atomic_dir, write_json_atomic
 from rewire_lobes.plotting import pyplot, running_mean, save_png
 from rewire_lobes.rewiring.contrastive import (
     encode_views,
@@ -40,6 +38,7 @@ from rewire_lobes.rewiring.contrastive import (
 )
 from rewire_lobes.runs.identity import RunFolderError
 from rewire_lobes.runs.random_state import RandomState
+from rewire_lobes.upstream.export import export_with_record
 
 logger = logging.getLogger(__name__)
 
@@ -276,14 +275,7 @@ class RewireBrain(sb.Brain):
             "content_hash": self.upstream.content_hash(),
             "loss_curve": self.hparams.loss_history.curve,
         })
-        with atomic_dir(directory) as tmp:
-            staged = Path(self.upstream.save_pretrained(tmp / "encoder"))
-            for item in staged.iterdir():
-                item.rename(tmp / item.name)
-            staged.rmdir()
-            for name, source in (extra_files or {}).items():
-                shutil.copyfile(source, tmp / name)
-            write_json_atomic(tmp / EXPORT_RECORD, record)
+        export_with_record(self.upstream, directory, EXPORT_RECORD, record, extra_files)
         logger.info("Rewired encoder written to %s (%d updates)", directory, self.optimizer_step)
         return directory
 

@@ -127,7 +127,7 @@ def apply_profile(defaults, given, value):
         given["max_steps"] = budget
 
 
-def run_overrides(hparams_file, overrides):
+def run_overrides(hparams_file, overrides, derived=None):
     """The command-line overrides plus what the yaml cannot compute itself.
 
     Fills in ``upstream_source`` (resolved), ``encoder_id``, ``profile`` (and the values
@@ -142,6 +142,10 @@ def run_overrides(hparams_file, overrides):
         ``encoder_id``.
     overrides : str
         The yaml overrides string from ``speechbrain.parse_arguments``.
+
+    derived : callable, optional
+        ``derived(defaults, given) -> dict`` of further values the recipe computes from the
+        yaml's and the command line's (e.g. a run folder name), filled in last.
 
     Returns
     -------
@@ -180,6 +184,8 @@ def run_overrides(hparams_file, overrides):
             f"--strategy {given['strategy']}: {hparams_file} is the "
             f"'{defaults.get('strategy')}' recipe; use hparams/{given['strategy']}.yaml instead"
         )
+    if derived is not None:
+        given.update(derived(defaults, given))
     text = io.StringIO()
     yaml.dump(given, text)
     return text.getvalue()
@@ -234,7 +240,7 @@ def world_size():
     return 1
 
 
-def load_recipe_hparams(argv, identity_extras=None):
+def load_recipe_hparams(argv, identity_extras=None, derived_overrides=None):
     """The start of every recipe: command line, DDP group, run identity, then the yaml.
 
     When the yaml lists ``run_identity_keys``, the run folder is claimed for those
@@ -249,6 +255,9 @@ def load_recipe_hparams(argv, identity_extras=None):
     identity_extras : callable, optional
         ``identity_extras(hparams, run_opts) -> dict`` of further settings computed by the
         recipe.
+    derived_overrides : callable, optional
+        ``run_overrides``'s ``derived``: values computed from the yaml and the command line
+        before the yaml is loaded.
 
     Returns
     -------
@@ -257,7 +266,7 @@ def load_recipe_hparams(argv, identity_extras=None):
     """
     hparams_file, run_opts, overrides = parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)
-    overrides = run_overrides(hparams_file, overrides)
+    overrides = run_overrides(hparams_file, overrides, derived_overrides)
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     if hparams.get("data_folder"):

@@ -5,7 +5,11 @@ A rewired encoder directory holds ``rewiring.json`` (written by
 that source's content hash, the updates, the profile and the hyperparameters. A
 downstream run takes its ``strategy`` from there instead of from a hand-typed label, and
 ``results.json`` carries the record's sha256 so that a report joins runs on it, not on
-folder names. An encoder without a record is a ``baseline``.
+folder names. A multi-task fine-tuned encoder holds ``mtl.json`` instead (written by
+``rewire_lobes.multitask.brain``): its strategy is ``mtl`` (from a baseline) or
+``<strategy>+mtl`` (from a rewired encoder), and its ``source_content_hash`` is the
+family's root (the baseline the chain started from), so that the report groups it with
+its family. An encoder without a record is a ``baseline``.
 """
 
 import hashlib
@@ -15,21 +19,32 @@ from pathlib import Path
 from rewire_lobes.errors import OptionError
 
 RECORD_FILE = "rewiring.json"
+MTL_RECORD_FILE = "mtl.json"
 BASELINE = "baseline"
 
 
+def record_path(source):
+    """The record of the encoder directory ``source`` (``mtl.json``, else
+    ``rewiring.json``), or None when it has neither."""
+    folder = Path(str(source)).expanduser()
+    for name in (MTL_RECORD_FILE, RECORD_FILE):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def read_provenance(source):
-    """The summary of ``<source>/rewiring.json``, or None when there is none."""
-    path = Path(str(source)).expanduser() / RECORD_FILE
-    if not path.is_file():
+    """The summary of the encoder's record (:func:`record_path`), or None when there is none."""
+    path = record_path(source)
+    if path is None:
         return None
     raw = path.read_bytes()
     try:
         record = json.loads(raw)
     except ValueError as err:
-        raise OptionError(f"{path}: not a readable rewiring record ({err})") from None
-    if "strategy" not in record:
-        raise OptionError(f"{path}: the rewiring record names no strategy")
+        raise OptionError(f"{path}: not a readable encoder record ({err})") from None
+    if not isinstance(record, dict) or "strategy" not in record:
+        raise OptionError(f"{path}: the encoder record names no strategy")
     return {
         "record": str(path.resolve()),
         "record_sha256": hashlib.sha256(raw).hexdigest(),
@@ -40,6 +55,7 @@ def read_provenance(source):
         "source_content_hash": record.get("source_content_hash"),
         "content_hash": record.get("content_hash"),
         "updates": record.get("updates"),
+        "tasks": record.get("tasks"),
     }
 
 
@@ -58,7 +74,8 @@ def resolve_strategy(given, source):
             f"rewired with '{found}'. Drop --strategy: it is read from the record."
         )
     raise OptionError(
-        f"--strategy {given}: {source} has no {RECORD_FILE}, so it is the baseline encoder. "
+        f"--strategy {given}: {source} has no {RECORD_FILE} (nor {MTL_RECORD_FILE}), so it is "
+        "the baseline encoder. "
         "A rewired encoder is the upstream/ folder that the rewiring recipe exports; "
         "drop --strategy."
     )
