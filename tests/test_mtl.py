@@ -214,7 +214,37 @@ def test_training_in_process(mini_corpus, rewired_encoder, tmp_path, monkeypatch
         results = json.loads((folder / task / "results.json").read_text())
         assert results["upstream_mode"] == "trainable" and results["task"] == task
         assert results["multitask"]["tasks"] == ["KS", "IC"]
+        assert results["strategy"] == "twin+mtl"  # the report files it with the export
+        assert results["provenance"]["content_hash"] == record["content_hash"]
         assert results["best_step"] == record["task_best"][task]["step"]
+        # Tested with the weights of the task's own best checkpoint.
+        assert results["encoder"]["content_hash"] == checkpoint_hash(
+            folder, results["best_step"], rewired_encoder)
+
+
+def checkpoint_hash(folder, step, encoder):
+    """The content hash of the encoder in the checkpoint of ``step`` in ``<folder>/save``."""
+    import yaml
+
+    from rewire_lobes.upstream.encoder import SSLUpstream
+
+    for meta in (folder / "save").glob("CKPT+*/CKPT.yaml"):
+        if yaml.safe_load(meta.read_text())["step"] == step:
+            upstream = SSLUpstream(str(encoder), freeze=False)
+            upstream.load_state_dict(torch.load(meta.parent / "upstream.ckpt"))
+            return upstream.content_hash()
+    raise AssertionError(f"no checkpoint of step {step}")
+
+
+def test_pcgrad_last_and_one_forward_per_task(mini_corpus, tiny_encoder, tmp_path):
+    run_mtl(tiny_encoder(), tmp_path, "--weighting", "pcgrad", "--shared_forward", "False",
+            "--selection", "last")
+    folder = run_folder(tmp_path)
+    record = json.loads((folder / "upstream" / "mtl.json").read_text())
+    assert record["selection"]["step"] == 4 == record["updates"]
+    assert record["content_hash"] == checkpoint_hash(folder, 4, tiny_encoder())
+    log = (folder / "train_log.txt").read_text()
+    assert log.count("round:") == 2 and "KS_loss" in log
 
 
 def test_resume_after_kill_matches_uninterrupted(mini_corpus, tiny_encoder, tmp_path):
@@ -242,7 +272,7 @@ def test_probing_the_exported_encoder(mini_corpus, tiny_encoder, tmp_path):
     exported = run_folder(tmp_path) / "upstream"
     record = json.loads((exported / "mtl.json").read_text())
     assert record["selection"]["step"] == record["task_best"]["KS"]["step"]
-    assert set(record["weighting"]["final_weights"]) == {"KS", "IC"}
+    assert set(record["weighting"]["weights_at_selection"]) == {"KS", "IC"}
     done = subprocess.run(
         [sys.executable, "recipes/KS/train.py", "hparams/ks.yaml", "--upstream_source",
          str(exported), "--output_root", str(tmp_path / "probe"), "--run_profile", "paper",
@@ -274,3 +304,60 @@ def test_bad_task_options_are_clear_errors(mini_corpus, tiny_encoder, tmp_path):
         assert last.startswith("error: ") and message in last, (extra, last)
         if extra[0] != "--data_folders":  # refused before the run folder is claimed
             assert not (tmp_path / "runs" / "MTL").exists(), extra
+
+
+def test_sequence_and_diarization_tasks(mini_corpus, tiny_encoder, tmp_path):
+    """ASR, SF and SD fine-tune together; each is scored by its own recipe's outputs."""
+    done = subprocess.run(
+        [sys.executable, "recipes/MTL/train.py", "hparams/mtl.yaml", "--tasks", "[ASR, SF, SD]",
+         "--upstream_source", tiny_encoder(), "--output_root", str(tmp_path),
+         "--run_profile", "embedded", "--max_steps", "2", "--eval_every_steps", "2",
+         "--batch_size", "2", "--fractions", "{ASR: 0.05, SF: 0.05, SD: 0.2}", "--noprogressbar"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, printed(done)[-4000:]
+    (folder,) = tmp_path.glob("MTL/*/baseline/ASR+SD+SF_seed1986")
+    metrics = {"ASR": "wer", "SF": "slot_type_f1", "SD": "der"}
+    for task, metric in metrics.items():
+        results = json.loads((folder / task / "results.json").read_text())
+        assert results["metric"] == metric and results["strategy"] == "mtl"
+        assert results["dev_rescored_matches_best"] is True  # the task's own check
+    assert (folder / "ASR" / "test-hyp.ark").is_file() and (folder / "SF" / "test-ref.ark").is_file()
+    assert list((folder / "SD").glob("test*hyp*.rttm"))
+
+
+def test_every_task_steps_with_the_runs_accumulation():
+    """SD's yaml accumulates 4 batches per update; in a multi-task run every task draws
+    the run's own number, so its rounds stay eval_every_steps updates long."""
+    from rewire_lobes.multitask.tasks import task_overrides
+
+    mtl = {"tasks": ["SD", "KS"], "task_overrides": {}, "run_profile": "paper", "data_folders": {},
+           "upstream_source": "enc", "encoder_id": "enc-1", "output_root": "r",
+           "output_folder": "r/MTL/x", "fractions": {}, "seed": 1, "strategy": "baseline",
+           "max_steps": 10, "eval_every_steps": 5, "lr": 1e-3, "batch_size": None}
+    import ruamel.yaml
+
+    for factor in (1, 2):
+        _, text = task_overrides("SD", mtl, factor)
+        assert ruamel.yaml.YAML().load(text)["grad_accumulation_factor"] == factor
+    _, text = task_overrides("KS", mtl, 2)
+    assert "grad_accumulation_factor" not in ruamel.yaml.YAML().load(text)  # KS reads the run's
+
+
+def test_ddp_with_torchrun(mini_corpus, tiny_encoder, tmp_path):
+    """Two processes (gloo) train and export; a length-bucketed task is refused at once."""
+    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            "--master_port", str(29400 + os.getpid() % 500)]
+    command = base + mtl_command(tiny_encoder(), tmp_path)[1:] + ["--distributed_backend", "gloo"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, printed(done)[-4000:]
+    folder = run_folder(tmp_path)
+    assert json.loads((folder / "run_identity.json").read_text())["world_size"] == 2
+    assert (folder / "upstream" / "mtl.json").is_file()
+    assert (folder / "train_log.txt").read_text().count("round:") == 2
+    refused = subprocess.run(base + mtl_command(tiny_encoder(), tmp_path / "asr")[1:]
+                             + ["--tasks", "[KS, ASR]", "--distributed_backend", "gloo"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "ASR trains on length-aware batches" in printed(refused)
+    assert not (tmp_path / "asr" / "MTL").exists()

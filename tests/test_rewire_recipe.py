@@ -278,7 +278,7 @@ def _loss_and_grads(upstream, views):
 @pytest.mark.parametrize("norm", ["group", "layer"])
 def test_the_cnn_gets_gradients_by_default(tmp_path, tiny_encoder, norm):
     """The paper's profile rewires the CNN front-end too (the embedded one keeps it fixed)."""
-    from rewire_lobes.rewiring.brain import trainable_parameters
+    from rewire_lobes.upstream.encoder import trainable_parameters
 
     source = tiny_encoder(feat_extract_norm=norm)
     hparams = load("twin.yaml", "--upstream_source", source, "--output_folder", tmp_path / "run",

@@ -127,7 +127,7 @@ def run_variant(args):
 
     from rewire_lobes.rewiring.contrastive import (
         encode_views, grad_cache_backward, info_nce, pad_views, pool_utterances)
-    from rewire_lobes.rewiring.brain import trainable_parameters
+    from rewire_lobes.upstream.encoder import trainable_parameters
     from rewire_lobes.upstream.encoder import SSLUpstream
 
     pairs, mode = VARIANTS[args.worker]
@@ -206,7 +206,7 @@ def time_padding_cost(args, source, work_dir):
 
     import torch
 
-    from rewire_lobes.rewiring.brain import trainable_parameters
+    from rewire_lobes.upstream.encoder import trainable_parameters
     from rewire_lobes.rewiring.contrastive import encode_views, info_nce, pool_utterances
     from rewire_lobes.upstream.encoder import SSLUpstream
 

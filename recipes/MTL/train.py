@@ -47,8 +47,8 @@ def main(argv):
         {name: task.datasets["train"] for name, task in tasks.items()},
         {name: task.datasets["dev"] for name, task in tasks.items()},
     )
-    brain.test_tasks()
     brain.export()
+    brain.test_tasks()
 
 
 if __name__ == "__main__":

@@ -114,8 +114,8 @@ class Run:
                 test=float(record["test"]), best_step=_optional_float(record.get("best_step")),
                 resolution=record.get("best_step_resolution"),
                 profile=record.get("profile"), strategy=strategy,
-                content_hash=encoder["content_hash"], family_hash=family_hash,
-                source_name=source_name, settings=settings,
+                content_hash=run_encoder_hash(record, encoder, provenance),
+                family_hash=family_hash, source_name=source_name, settings=settings,
                 dev_curve=[(float(u), float(v)) for u, v in record.get("dev_curve") or []],
                 layer_weights=record.get("layer_weights"),
                 chosen_layer=record.get("chosen_layer"),
@@ -189,6 +189,25 @@ class Rewiring:
                        loss_curve=[(float(s), float(v)) for s, v in record.get("loss_curve") or []])
         except (KeyError, TypeError, ValueError) as err:
             raise RecordError(f"not a rewiring record ({type(err).__name__}: {err})") from None
+
+
+def run_encoder_hash(record, encoder, provenance):
+    """The encoder a run is labelled by: its own weights, but for a fine-tuning run whose
+    record names the encoder it made (multi-task: the exported ``content_hash`` of its
+    ``mtl.json``), that encoder, so that its tuned checkpoints are not counted as others.
+
+    Example
+    -------
+    >>> run_encoder_hash({"upstream_mode": "trainable"}, {"content_hash": "t"},
+    ...                  {"content_hash": "m", "tasks": ["KS"]})
+    'm'
+    >>> run_encoder_hash({}, {"content_hash": "r"}, {"content_hash": "r0", "tasks": None})
+    'r'
+    """
+    if (record.get("upstream_mode") == TRAINABLE and provenance and provenance.get("tasks")
+            and provenance.get("content_hash")):
+        return provenance["content_hash"]
+    return encoder["content_hash"]
 
 
 def descent(encoder, provenance, strategy):

@@ -52,7 +52,7 @@ from rewire_lobes.errors import OptionError
 from rewire_lobes.runs.provenance import read_provenance
 from rewire_lobes.runs.optim import clipped_step
 from rewire_lobes.runs.random_state import RandomState
-from rewire_lobes.upstream.encoder import describe_encoder
+from rewire_lobes.upstream.encoder import describe_encoder, trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class DownstreamBrain(sb.Brain):
         self.trains_upstream = not upstream.freeze
         if self.trains_upstream and getattr(self.hparams, "upstream_lr", None) is None:
             raise ValueError("a trainable upstream (freeze: False) needs its own upstream_lr")
+        if self.trains_upstream:
+            trainable_parameters(upstream)  # before DDP wraps it (a grad-less parameter is refused)
         self.direction = check_metrics(self.hparams.metric, self.hparams.dev_metric)
         self.history = RunHistory()
         # Dropout and SpecAugment draw from the global generators: a resumed run restores
@@ -103,6 +105,8 @@ class DownstreamBrain(sb.Brain):
         # The step budget is the recipe's, not a run option (pitfall C.12: count updates).
         self.optimizer_step_limit = int(self.hparams.max_steps)
         self.run_info = {}  # extra fields for results.json, filled by the recipe
+        # None: read from the encoder's folder (a multi-task run gives its export's).
+        self.encoder_provenance = None
         self.step_sampler = None
         self._tensorboard = None
         self._encoder_info = None
@@ -118,7 +122,7 @@ class DownstreamBrain(sb.Brain):
         groups = [{"params": head}]
         if self.trains_upstream:
             groups.append({
-                "params": [p for p in self.hparams.upstream.parameters() if p.requires_grad],
+                "params": trainable_parameters(self.hparams.upstream),
                 "lr": float(self.hparams.upstream_lr),
             })
         self.optimizer = self.opt_class(groups)
@@ -331,7 +335,7 @@ class DownstreamBrain(sb.Brain):
         return results_record(
             task=hp.task,
             encoder=self.encoder_info(),
-            provenance=read_provenance(hp.upstream.source),
+            provenance=self.encoder_provenance or read_provenance(hp.upstream.source),
             strategy=hp.strategy,
             profile=hp.run_profile,
             profile_reason=getattr(hp, "profile_reason", None),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from tqdm import tqdm
 
 from rewire_lobes.downstream.schedule import RunHistory
@@ -36,6 +36,7 @@ from rewire_lobes.multitask.weighting import pcgrad
 from rewire_lobes.runs.optim import clipped_step
 from rewire_lobes.runs.provenance import BASELINE, MTL_RECORD_FILE, read_provenance
 from rewire_lobes.runs.random_state import RandomState
+from rewire_lobes.upstream.encoder import trainable_parameters
 from rewire_lobes.upstream.export import export_with_record
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class MultiTaskBrain(sb.Brain):
             self.checkpointer.add_recoverable(f"history_{name}", history)
         self.checkpointer.add_recoverable("random_state", self.random_state)
         self.optimizer_step_limit = int(self.hparams.max_steps)
+        # Before DDP wraps it: a parameter without gradient would be refused there.
+        self.upstream_parameters = trainable_parameters(self.hparams.upstream)
         # The encoder as it was given, before any recovery: the record's parent.
         self.source_hash = self.hparams.upstream.content_hash()
         self.round_losses = {}
@@ -99,10 +102,9 @@ class MultiTaskBrain(sb.Brain):
         trainable parameters at ``upstream_lr``; both follow the warm-up."""
         encoder = {id(p) for p in self.hparams.upstream.parameters()}
         heads = [p for p in self.modules.parameters() if p.requires_grad and id(p) not in encoder]
-        upstream = [p for p in self.hparams.upstream.parameters() if p.requires_grad]
         self.optimizer = self.opt_class([
             {"params": heads},
-            {"params": upstream, "lr": float(self.hparams.upstream_lr)},
+            {"params": self.upstream_parameters, "lr": float(self.hparams.upstream_lr)},
         ])
         for group in self.optimizer.param_groups:
             group["base_lr"] = group["lr"]
@@ -130,7 +132,7 @@ class MultiTaskBrain(sb.Brain):
             outputs = self.compute_forward(batch, sb.Stage.TRAIN)
             loss = self.compute_objectives(outputs, batch, sb.Stage.TRAIN)
         self.check_loss_isfinite(loss)
-        shared = [p for p in self.hparams.upstream.parameters() if p.requires_grad]
+        shared = self.upstream_parameters
         flat = []
         for name in self.names:
             grads = torch.autograd.grad(self.task_losses[name], shared, retain_graph=True,
@@ -318,6 +320,8 @@ class MultiTaskBrain(sb.Brain):
     def recover(self, importance_key):
         """Loads the checkpoint best by ``importance_key``, keeping the run's full histories
         and update count (a checkpoint restores those of its own time)."""
+        if not self.history.dev_curve:  # --test_only: fit never ran, the latest has it all
+            self.checkpointer.recover_if_possible()
         kept = (self.history.state(), {n: h.state() for n, h in self.task_histories.items()},
                 self.optimizer_step)
         self.checkpointer.recover_if_possible(importance_key=importance_key)
@@ -329,8 +333,11 @@ class MultiTaskBrain(sb.Brain):
     # ------------------------------------------------------------------ the end
     def test_tasks(self):
         """Each task tested at its own best dev checkpoint by its recipe's scoring
-        (``<output_folder>/<TASK>/results.json``)."""
+        (``<output_folder>/<TASK>/results.json``), recorded as coming from the exported
+        encoder's run (its strategy and ``mtl.json``): call after :meth:`export`."""
         self._tick()
+        provenance = read_provenance(self.hparams.export_folder)
+        unwrap(self.modules.upstream).eval()
         for name in self.names:
             task = self.tasks[name]
             self.recover(self._task_importance(name))
@@ -342,6 +349,8 @@ class MultiTaskBrain(sb.Brain):
             brain.history.seconds = self.history.seconds
             brain.optimizer_step = self.optimizer_step
             brain._encoder_info = None  # the weights of this checkpoint
+            brain.encoder_provenance = provenance
+            brain.hparams.strategy = provenance["strategy"]
             brain.run_info["multitask"] = self.multitask_info()
             task.family.test(brain, task.datasets, task.hparams)
 
@@ -385,7 +394,7 @@ class MultiTaskBrain(sb.Brain):
             },
             "task_best": best,
             "weighting": {"rule": self.hparams.weighting,
-                          "final_weights": self.weighting_module().weights()},
+                          "weights_at_selection": self.weighting_module().weights()},
             "source": str(self.hparams.upstream_source),
             "parent_strategy": parent_strategy,
             "parent_content_hash": self.source_hash,
@@ -414,6 +423,7 @@ class MultiTaskBrain(sb.Brain):
             logger.info("Multi-task encoder written to %s (update %s of %d, by %s)",
                         self.hparams.export_folder, selected_step, self.optimizer_step,
                         self.hparams.selection)
+        ddp_barrier()  # every process reads the record next
         return record
 
 

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import io
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from rewire_lobes.downstream.core import make_brain
 from rewire_lobes.downstream.results import check_metrics
 from rewire_lobes.errors import DataFileError, OptionError, UserError
 from rewire_lobes.multitask.shared import TaskUpstream
-from rewire_lobes.runs.cli import check_known_keys
-from rewire_lobes.embedded import REPO_ROOT
+from rewire_lobes.runs.cli import check_known_keys, run_option
+from rewire_lobes.embedded import REPO_ROOT, is_embedded_data
 from rewire_lobes.runs.defaults import repo_path
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class TaskRecipe:
     folder: str
     hparams: str
     family: str
+    one_process: bool = False  # its training batches are length-aware: no DDP
 
     def load_family(self):
         module, attribute = self.family.split(":")
@@ -50,14 +52,16 @@ class TaskRecipe:
 TASK_RECIPES = {
     "KS": TaskRecipe("recipes/KS", "hparams/ks.yaml", "rewire_lobes.downstream.utterance:UTTERANCE_TASK"),
     "IC": TaskRecipe("recipes/IC", "hparams/ic.yaml", "rewire_lobes.downstream.utterance:UTTERANCE_TASK"),
-    "ASR": TaskRecipe("recipes/ASR", "hparams/asr.yaml", "rewire_lobes.downstream.ctc:CTC_TASK"),
-    "SF": TaskRecipe("recipes/SF", "hparams/sf.yaml", "rewire_lobes.downstream.ctc:CTC_TASK"),
+    "ASR": TaskRecipe("recipes/ASR", "hparams/asr.yaml", "rewire_lobes.downstream.ctc:CTC_TASK",
+                      one_process=True),
+    "SF": TaskRecipe("recipes/SF", "hparams/sf.yaml", "rewire_lobes.downstream.ctc:CTC_TASK",
+                     one_process=True),
     "SD": TaskRecipe("recipes/SD", "hparams/sd.yaml", "rewire_lobes.downstream.diarization:DIARIZATION_TASK"),
 }
 # The multi-task run sets these for every task; a task's embedded profile does not.
 SHARED_KEYS = ("upstream_source", "encoder_id", "output_root", "output_folder", "data_folder",
                "fraction", "seed", "strategy", "run_profile", "max_steps", "eval_every_steps",
-               "lr", "cache_features")
+               "lr", "cache_features", "grad_accumulation_factor")
 
 
 def check_tasks(tasks):
@@ -127,8 +131,9 @@ def check_task_keys(task, own, defaults=None):
                      task_defaults(task) if defaults is None else defaults, own)
 
 
-def task_overrides(task, mtl):
-    """The yaml overrides of ``task`` in the multi-task run ``mtl`` (its hparams)."""
+def task_overrides(task, mtl, grad_accumulation_factor=1):
+    """The yaml overrides of ``task`` in the multi-task run ``mtl`` (its hparams); every
+    task draws ``grad_accumulation_factor`` batches per update, as the run steps."""
     yaml = ruamel.yaml.YAML()
     hparams_file = REPO_ROOT / TASK_RECIPES[task].hparams
     defaults = task_defaults(task)
@@ -141,13 +146,13 @@ def task_overrides(task, mtl):
     if mtl.get("batch_size") is not None:
         given["batch_size"] = int(mtl["batch_size"])
     given.update(own)
-    data_folders = per_task(mtl["data_folders"], "data_folders", mtl["tasks"])
+    data_folders = task_data_folders(mtl["tasks"], mtl["data_folders"])
     given.update({
         "upstream_source": mtl["upstream_source"],
         "encoder_id": mtl["encoder_id"],
         "output_root": mtl["output_root"],
         "output_folder": str(Path(mtl["output_folder"]) / task),
-        "data_folder": str(data_folders.get(task, mtl["data_folder"])),
+        "data_folder": data_folders[task],
         "fraction": float(per_task(mtl["fractions"], "fractions", mtl["tasks"]).get(task, 1.0)),
         "seed": int(mtl["seed"]),
         "strategy": mtl["strategy"],
@@ -157,6 +162,8 @@ def task_overrides(task, mtl):
         "lr": float(mtl["lr"]),
         "cache_features": False,
     })
+    if "grad_accumulation_factor" in defaults:  # SD's yaml sets its own
+        given["grad_accumulation_factor"] = int(grad_accumulation_factor)
     text = io.StringIO()
     yaml.dump(given, text)
     return hparams_file, text.getvalue()
@@ -199,7 +206,8 @@ def load_task(task, mtl, run_opts, encoder):
     copy is dropped, and the task sees the shared one through a :class:`TaskUpstream`.
     """
     recipe = TASK_RECIPES[task]
-    hparams_file, overrides = task_overrides(task, mtl)
+    hparams_file, overrides = task_overrides(
+        task, mtl, run_option(mtl, run_opts, "grad_accumulation_factor", 1))
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     view = TaskUpstream(encoder)
@@ -235,7 +243,14 @@ def derived_overrides(defaults, given):
     def value(key):
         return given[key] if key in given else defaults.get(key)
 
+    if "data_folder" in given:
+        raise OptionError('--data_folder: every task reads its own corpus; give --data_folders '
+                          '"{KS: DIR, IC: DIR}" (a task not named reads the mini corpus)')
     tasks = check_tasks(value("tasks"))
+    single = [task for task in tasks if TASK_RECIPES[task].one_process]
+    if single and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise OptionError(f"{', '.join(single)} trains on length-aware batches, which run on one "
+                          "process: run this task set without torchrun")
     for name in ("data_folders", "task_overrides"):
         per_task(value(name), name, tasks)
     for fraction in per_task(value("fractions"), "fractions", tasks).values():
@@ -243,7 +258,17 @@ def derived_overrides(defaults, given):
     for task, own in per_task(value("task_overrides"), "task_overrides", tasks).items():
         check_task_keys(task, own or {})
     check_selection(value("selection"), tasks)
-    return {"tasks": tasks, "tasks_label": tasks_label(tasks)}
+    folders = list(task_data_folders(tasks, value("data_folders")).values())
+    embedded = [folder for folder in folders if is_embedded_data(folder)]
+    # What the profile is chosen by: the mini corpus when any task reads it.
+    data_folder = embedded[0] if embedded else folders[0]
+    return {"tasks": tasks, "tasks_label": tasks_label(tasks), "data_folder": data_folder}
+
+
+def task_data_folders(tasks, data_folders):
+    """``{task: its data folder}``: ``data_folders``'s, else the task yaml's (the mini corpus)."""
+    given = per_task(data_folders, "data_folders", tasks)
+    return {task: str(given.get(task) or task_defaults(task)["data_folder"]) for task in tasks}
 
 
 def tasks_identity(hparams, run_opts):

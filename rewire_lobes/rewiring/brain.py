@@ -38,6 +38,7 @@ from rewire_lobes.rewiring.contrastive import (
 )
 from rewire_lobes.runs.identity import RunFolderError
 from rewire_lobes.runs.random_state import RandomState
+from rewire_lobes.upstream.encoder import trainable_parameters
 from rewire_lobes.upstream.export import export_with_record
 
 logger = logging.getLogger(__name__)
@@ -67,34 +68,6 @@ class LossHistory:
     @mark_as_loader
     def _recover(self, path, end_of_epoch=True):
         self.curve = json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def uses_masked_spec_embed(config):
-    """Whether the encoder's forward pass reads ``masked_spec_embed``.
-
-    transformers' ``_mask_hidden_states`` writes it into the time-masked frames only when
-    ``apply_spec_augment`` is on and ``mask_time_prob`` is positive (feature masking writes
-    zeros). ``SSLUpstream(spec_augment=False)``, the recipe's default, switches both off.
-    """
-    return bool(getattr(config, "apply_spec_augment", False)) and (
-        float(getattr(config, "mask_time_prob", 0.0) or 0.0) > 0
-    )
-
-
-def trainable_parameters(upstream):
-    """The encoder parameters that rewiring updates: every one that gets a gradient.
-
-    That is all of them (the paper: "All parameters of the encoder are updated"), the CNN
-    front-end included, unless ``SSLUpstream(freeze_feature_encoder=True)`` froze it. The
-    one exception is ``masked_spec_embed`` while the encoder's own masking is off
-    (:func:`uses_masked_spec_embed`): left trainable it would get no gradient, which DDP
-    rejects. It is frozen here.
-    """
-    model = upstream.model
-    masked = getattr(model, "masked_spec_embed", None)
-    if masked is not None and not uses_masked_spec_embed(model.config):
-        masked.requires_grad_(False)
-    return [p for p in upstream.parameters() if p.requires_grad]
 
 
 class RewireBrain(sb.Brain):

@@ -145,7 +145,8 @@ def run_overrides(hparams_file, overrides, derived=None):
 
     derived : callable, optional
         ``derived(defaults, given) -> dict`` of further values the recipe computes from the
-        yaml's and the command line's (e.g. a run folder name), filled in last.
+        yaml's and the command line's (e.g. a run folder name), filled in before the
+        encoder and the profile are resolved.
 
     Returns
     -------
@@ -163,6 +164,8 @@ def run_overrides(hparams_file, overrides, derived=None):
 
     if "fraction" in defaults:
         check_fraction(value("fraction"))  # before anything is loaded or written
+    if derived is not None:  # first: the profile may depend on what it computes
+        given.update(derived(defaults, given))
 
     fallback_folder = Path(str(value("output_root") or "results"))
     source = value("upstream_source")
@@ -184,8 +187,6 @@ def run_overrides(hparams_file, overrides, derived=None):
             f"--strategy {given['strategy']}: {hparams_file} is the "
             f"'{defaults.get('strategy')}' recipe; use hparams/{given['strategy']}.yaml instead"
         )
-    if derived is not None:
-        given.update(derived(defaults, given))
     text = io.StringIO()
     yaml.dump(given, text)
     return text.getvalue()

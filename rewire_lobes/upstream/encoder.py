@@ -559,6 +559,34 @@ class SSLUpstream(nn.Module):
         return export_encoder(self.model, directory, self.do_normalize, self.source_config)
 
 
+def uses_masked_spec_embed(config):
+    """Whether the encoder's forward pass reads ``masked_spec_embed``.
+
+    transformers' ``_mask_hidden_states`` writes it into the time-masked frames only when
+    ``apply_spec_augment`` is on and ``mask_time_prob`` is positive (feature masking writes
+    zeros). ``SSLUpstream(spec_augment=False)``, the recipe's default, switches both off.
+    """
+    return bool(getattr(config, "apply_spec_augment", False)) and (
+        float(getattr(config, "mask_time_prob", 0.0) or 0.0) > 0
+    )
+
+
+def trainable_parameters(upstream):
+    """The encoder parameters that training updates: every one that gets a gradient.
+
+    For rewiring that is all of them (the paper: "All parameters of the encoder are
+    updated"), the CNN front-end included, unless ``SSLUpstream(freeze_feature_encoder=True)``
+    froze it (fine-tuning does). The one exception is ``masked_spec_embed`` while the encoder's own masking is off
+    (:func:`uses_masked_spec_embed`): left trainable it would get no gradient, which DDP
+    rejects. It is frozen here.
+    """
+    model = upstream.model
+    masked = getattr(model, "masked_spec_embed", None)
+    if masked is not None and not uses_masked_spec_embed(model.config):
+        masked.requires_grad_(False)
+    return [p for p in upstream.parameters() if p.requires_grad]
+
+
 def normalize_waveforms(wavs, sample_mask, sample_lens):
     """Per-utterance zero mean, unit variance over the valid samples; padding stays zero."""
     mask = sample_mask.to(wavs.dtype)
