@@ -173,11 +173,24 @@ def test_given_encoder_must_be_rewired_with_its_strategy(toys, tmp_path):
     with pytest.raises(OptionError, match="rewiring.json is missing"):
         toys(strategies=["baseline", "mixed"], encoders={"mixed": str(encoder)})
     (encoder / "rewiring.json").write_text(json.dumps({"strategy": "twin"}))
-    with pytest.raises(OptionError, match="rewired with 'twin', not 'mixed'"):
+    with pytest.raises(OptionError, match="made by 'twin', not 'mixed'"):
         toys(strategies=["baseline", "mixed"], encoders={"mixed": str(encoder)})
     grid = toys(strategies=["baseline", "twin"], encoders={"twin": str(encoder)})
     assert grid.rewired_here() == []
     cell, = grid.downstream_cells("twin", "KS", "enc")
+    assert cell.args[cell.args.index("--upstream_source") + 1] == str(encoder.resolve())
+
+
+def test_a_fine_tuned_encoder_is_one_more_strategy(toys, tmp_path):
+    """A multi-task encoder (mtl.json) joins the grid with --encoder mtl=DIR; a strategy the
+    grid cannot make itself needs one."""
+    with pytest.raises(OptionError, match="needs its encoder: --encoder mtl=DIR"):
+        toys(strategies=["baseline", "mtl"])
+    encoder = Path(toy_encoder(tmp_path / "tuned"))
+    (encoder / "mtl.json").write_text(json.dumps({"strategy": "mtl", "tasks": ["KS", "IC"]}))
+    grid = toys(strategies=["baseline", "mtl"], encoders={"mtl": str(encoder)})
+    assert grid.rewired_here() == []
+    cell, = grid.downstream_cells("mtl", "KS", "enc")
     assert cell.args[cell.args.index("--upstream_source") + 1] == str(encoder.resolve())
 
 

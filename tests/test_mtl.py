@@ -4,6 +4,7 @@ recipe end to end (gradients, the fixed CNN, export, resume after a kill, bad in
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -201,6 +202,7 @@ def test_training_in_process(mini_corpus, rewired_encoder, tmp_path, monkeypatch
     record = json.loads((exported / "mtl.json").read_text())
     assert record["strategy"] == "twin+mtl" and record["tasks"] == ["KS", "IC"]
     assert record["source_content_hash"] == "f" * 64  # the family's root
+    assert record["parent"] == str(rewired_encoder) and record["embedded_encoder"] is False
     assert record["updates"] == 4 and record["selection"]["rule"] == "mean_normalised"
     assert (exported / "rewiring_subset.txt").read_text() == "utt-1\nutt-2\n"
     assert resolve_strategy(None, exported) == "twin+mtl"
@@ -220,6 +222,17 @@ def test_training_in_process(mini_corpus, rewired_encoder, tmp_path, monkeypatch
         # Tested with the weights of the task's own best checkpoint.
         assert results["encoder"]["content_hash"] == checkpoint_hash(
             folder, results["best_step"], rewired_encoder)
+    # The report files the run's own scores as the tuned encoder's fine-tuned rows.
+    import csv
+
+    from rewire_lobes.analysis.report import write_report
+
+    write_report(folder, tmp_path / "report")
+    with open(tmp_path / "report" / "table2.csv") as fin:
+        rows = list(csv.DictReader(fin))
+    assert {(r["task"], r["strategy"], r["upstream_mode"], r["encoder_content_hash"])
+            for r in rows} == {(task, "twin+mtl", "trainable", record["content_hash"])
+                               for task in ("KS", "IC")}
 
 
 def checkpoint_hash(folder, step, encoder):
@@ -285,25 +298,35 @@ def test_probing_the_exported_encoder(mini_corpus, tiny_encoder, tmp_path):
     assert results["provenance"]["tasks"] == ["KS", "IC"]
 
 
-def test_bad_task_options_are_clear_errors(mini_corpus, tiny_encoder, tmp_path):
+@pytest.mark.parametrize("extra, message", [
+    (["--tasks", "[KS, QbE]"], "QbE trains no head"),
+    (["--fractions", "{ASR: 0.1}"], "not in --tasks"),
+    (["--fractions", "{KS: 1.5}"], "fraction"),
+    (["--task_overrides", "{KS: {fraction: 0.5}}"], "set by the multi-task run"),
+    (["--task_overrides", "{KS: {batch_sise: 4}}"], "did you mean --batch_size"),
+    (["--selection", "SF"], "--selection"),
+    (["--weighting", "softmax"], "--weighting"),
+    (["--data_folder", "/data"], "--data_folders"),
+])
+def test_bad_options_are_refused_before_the_run_folder(tiny_encoder, tmp_path, monkeypatch,
+                                                       extra, message):
+    from rewire_lobes.errors import UserError
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_recipe().main(mtl_command(tiny_encoder(), tmp_path, *extra)[2:])
+    assert not (tmp_path / "MTL").exists()
+
+
+def test_a_task_without_training_data_is_a_clear_error(mini_corpus, tiny_encoder, tmp_path):
     empty = tmp_path / "empty_ks"
     for name in ("speech_commands_v0.01", "speech_commands_test_set_v0.01"):
         (empty / name / "_background_noise_").mkdir(parents=True)
-    for extra, message in (
-        (["--tasks", "[KS, QbE]"], "QbE trains no head"),
-        (["--fractions", "{ASR: 0.1}"], "not in --tasks"),
-        (["--task_overrides", "{KS: {fraction: 0.5}}"], "set by the multi-task run"),
-        (["--task_overrides", "{KS: {batch_sise: 4}}"], "did you mean --batch_size"),
-        (["--selection", "SF"], "--selection"),
-        (["--weighting", "softmax"], "--weighting"),
-        (["--data_folders", f"{{KS: {empty}}}"], "KS"),
-    ):
-        done = run_mtl(tiny_encoder(), tmp_path / "runs", *extra, check=False)
-        assert done.returncode == 2, (extra, printed(done)[-3000:])
-        last = printed(done).strip().splitlines()[-1]
-        assert last.startswith("error: ") and message in last, (extra, last)
-        if extra[0] != "--data_folders":  # refused before the run folder is claimed
-            assert not (tmp_path / "runs" / "MTL").exists(), extra
+    done = run_mtl(tiny_encoder(), tmp_path / "runs", "--data_folders", f"{{KS: {empty}}}",
+                   check=False)
+    assert done.returncode == 2, printed(done)[-3000:]
+    last = printed(done).strip().splitlines()[-1]
+    assert last.startswith("error: KS: ") and "empty" in last, last
 
 
 def test_sequence_and_diarization_tasks(mini_corpus, tiny_encoder, tmp_path):

@@ -33,6 +33,7 @@ from rewire_lobes.errors import OptionError
 from rewire_lobes.multitask.shared import joint_signals, task_rows
 from rewire_lobes.multitask.tasks import check_selection, normalised
 from rewire_lobes.multitask.weighting import pcgrad
+from rewire_lobes.runs.defaults import is_embedded_encoder
 from rewire_lobes.runs.optim import clipped_step
 from rewire_lobes.runs.provenance import BASELINE, MTL_RECORD_FILE, read_provenance
 from rewire_lobes.runs.random_state import RandomState
@@ -208,6 +209,7 @@ class MultiTaskBrain(sb.Brain):
             # Before the loaders' iterators are made: making them draws from the generator.
             self.random_state.apply_recovered()
             self.round_losses = {}
+            self._round_start = (time.time(), self.optimizer_step)
             for task in self.tasks.values():
                 if task.brain.step_sampler is not None:
                     task.brain.step_sampler.set_epoch(epoch)
@@ -215,6 +217,11 @@ class MultiTaskBrain(sb.Brain):
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
             self.train_loss = stage_loss
+            started, first = self._round_start
+            updates = self.optimizer_step - first
+            seconds = time.time() - started
+            logger.info("round %s: %d updates in %.1f s (%.3f s/update)", epoch, updates,
+                        seconds, seconds / max(updates, 1))
 
     def _fit_valid(self, valid_set, epoch, enable):
         """Each task's dev set, scored by its own Brain's metric."""
@@ -395,7 +402,10 @@ class MultiTaskBrain(sb.Brain):
             "task_best": best,
             "weighting": {"rule": self.hparams.weighting,
                           "weights_at_selection": self.weighting_module().weights()},
-            "source": str(self.hparams.upstream_source),
+            # The family's root encoder (a rewired parent's own source), as rewiring.json's.
+            "source": str((parent or {}).get("source") or self.hparams.upstream_source),
+            "parent": str(self.hparams.upstream_source),
+            "embedded_encoder": is_embedded_encoder(self.hparams.upstream_source),
             "parent_strategy": parent_strategy,
             "parent_content_hash": self.source_hash,
             "parent_record": parent,
