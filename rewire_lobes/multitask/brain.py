@@ -12,9 +12,10 @@ Every ``eval_every_steps`` updates each task is evaluated on its dev set by its 
 metric; a checkpoint keeps the latest state, the best of each task and the best by the
 ``selection`` rule, which picks the encoder that is exported (the seed paper names
 checkpoint selection for a multi-task model as an open problem, so the rule is an option
-and is recorded). At the end each task is tested at its own best checkpoint, by its
-recipe (``<output_folder>/<TASK>/results.json``, ``upstream_mode: trainable``), and the
-selected encoder is written to ``<output_folder>/upstream/`` with ``mtl.json``.
+and is recorded). At the end the selected encoder is written to
+``<output_folder>/upstream/`` with ``mtl.json``, then each task is tested at its own best
+checkpoint by its recipe (``<output_folder>/<TASK>/results.json``, ``upstream_mode:
+trainable``, the export's strategy and record as provenance).
 """
 
 import json
