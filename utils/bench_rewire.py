@@ -118,6 +118,8 @@ def load_views(work_dir, pairs, updates, device):
 
 def synchronize(device):
     """Waits for queued CUDA work, so that a timer reads finished work (no-op on CPU)."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
