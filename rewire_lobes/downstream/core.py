@@ -287,14 +287,7 @@ class DownstreamBrain(sb.Brain):
         )
 
     def _checkpoint_importance(self, ckpt):
-        """Higher is better: the dev score in the metric's direction, then the earlier step."""
-        if "dev_score" not in ckpt.meta:
-            return (-math.inf, 0)
-        value = float(ckpt.meta["dev_score"])
-        if math.isnan(value):
-            return (-math.inf, 0)
-        signed = value if self.direction == "max" else -value
-        return (signed, -int(ckpt.meta["step"]))
+        return dev_importance("dev_score", self.direction)(ckpt)
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         """Loads the best dev checkpoint, keeping the full run history and step count."""
@@ -381,6 +374,20 @@ class DownstreamBrain(sb.Brain):
     def summarize_scores(self, stage):
         """``{metric name: value}`` for the stage just finished (must hold dev_metric/metric)."""
         raise NotImplementedError
+
+
+def dev_importance(key, direction):
+    """A checkpoint ``importance_key``: higher is better, by the dev value ``ckpt.meta[key]``
+    in the metric's ``direction``, then the earlier step; no (or a NaN) value is the worst."""
+
+    def importance(ckpt):
+        value = float(ckpt.meta.get(key, math.nan))
+        if math.isnan(value):
+            return (-math.inf, 0)
+        return (value if direction == "max" else -value, -int(ckpt.meta["step"]))
+
+    importance.__name__ = f"best_{key}"
+    return importance
 
 
 def make_brain(brain_class, hparams, run_opts, run_info, checkpointer=KEEP):

@@ -18,9 +18,7 @@ checkpoint by its recipe (``<output_folder>/<TASK>/results.json``, ``upstream_mo
 trainable``, the export's strategy and record as provenance).
 """
 
-import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import torch
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from tqdm import tqdm
 
+from rewire_lobes.downstream.core import dev_importance
 from rewire_lobes.downstream.schedule import RunHistory
 from rewire_lobes.errors import OptionError
 from rewire_lobes.multitask.shared import joint_signals, task_rows
@@ -186,9 +185,9 @@ class MultiTaskBrain(sb.Brain):
             name: self.tasks[name].brain.compute_objectives(outputs[name], batches[name], stage)
             for name in self.names
         }
-        for name, loss in self.task_losses.items():
+        for name, loss in self.task_losses.items():  # summed on the device: no sync per step
             total, count = self.round_losses.get(name, (0.0, 0))
-            self.round_losses[name] = (total + float(loss.detach()), count + 1)
+            self.round_losses[name] = (total + loss.detach(), count + 1)
         return self.modules.weighting(self.task_losses)
 
     # ------------------------------------------------------------------ stages
@@ -270,7 +269,7 @@ class MultiTaskBrain(sb.Brain):
         meta["selection"] = selection
         self._tick()
         train_stats = {"loss": getattr(self, "train_loss", float("nan"))}
-        train_stats.update({f"{name}_loss": total / max(count, 1)
+        train_stats.update({f"{name}_loss": float(total) / max(count, 1)
                             for name, (total, count) in self.round_losses.items()})
         valid_stats = {"selection": selection}
         for name in self.names:
@@ -304,26 +303,10 @@ class MultiTaskBrain(sb.Brain):
         return getattr(module, "module", module)  # DDP-wrapped when it learns weights
 
     # ------------------------------------------------------------------ checkpoints
-    @staticmethod
-    def _selection_importance(ckpt):
-        """Higher is better: the selection score, then the earlier step."""
-        if "selection" not in ckpt.meta:
-            return (-math.inf, 0)
-        value = float(ckpt.meta["selection"])
-        return (-math.inf if math.isnan(value) else value, -int(ckpt.meta["step"]))
+    _selection_importance = staticmethod(dev_importance("selection", "max"))
 
     def _task_importance(self, name):
-        direction = self.tasks[name].direction
-
-        def importance(ckpt):
-            key = f"dev_{name}"
-            if key not in ckpt.meta or math.isnan(float(ckpt.meta[key])):
-                return (-math.inf, 0)
-            value = float(ckpt.meta[key])
-            return (value if direction == "max" else -value, -int(ckpt.meta["step"]))
-
-        importance.__name__ = f"best_{name}"
-        return importance
+        return dev_importance(f"dev_{name}", self.tasks[name].direction)
 
     def recover(self, importance_key):
         """Loads the checkpoint best by ``importance_key``, keeping the run's full histories
@@ -421,8 +404,6 @@ class MultiTaskBrain(sb.Brain):
         }
         extra_files = {}
         data = (parent or {}).get("data")
-        if data is None and parent:
-            data = parent_data(parent["record"])
         if data and data.get("subset_file"):
             # The utterances the parent was rewired on: the ASR recipe still leaves them out.
             record["data"] = data
@@ -447,8 +428,3 @@ def value_at(curve, step):
     """The value of ``[[step, value], ...]`` at ``step`` (None when it was not evaluated)."""
     return next((value for at, value in curve if at == step), None)
 
-
-def parent_data(record_file):
-    """The ``data`` block of a parent's record (the rewiring subset), or None."""
-    with open(record_file, encoding="utf-8") as fin:
-        return json.load(fin).get("data")

@@ -56,6 +56,7 @@ def read_provenance(source):
         "content_hash": record.get("content_hash"),
         "updates": record.get("updates"),
         "tasks": record.get("tasks"),
+        "data": record.get("data"),  # a rewiring's subset file, carried on by fine-tuning
     }
 
 
