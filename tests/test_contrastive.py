@@ -10,6 +10,8 @@ import torch
 import torch.multiprocessing as mp
 
 from rewire_lobes.rewiring.batching import LengthBucketBatchSampler
+from rewire_lobes.rewiring.hard_negatives import nearest_transcripts
+from rewire_lobes.errors import DataFileError, OptionError
 from rewire_lobes.rewiring.contrastive import (
     PairMaker,
     choose_half,
@@ -17,6 +19,7 @@ from rewire_lobes.rewiring.contrastive import (
     global_info_nce,
     grad_cache_backward,
     info_nce,
+    mix_weights,
     pool_utterances,
     take_half,
     twin_view,
@@ -55,6 +58,25 @@ def test_info_nce_matches_the_equation(symmetric, batch):
     expected = paper_equation(anchors, positives, 0.04, symmetric)
     got = info_nce(anchors, positives, temperature=0.04, symmetric=symmetric).item()
     assert got == pytest.approx(expected, abs=1e-6, rel=1e-6)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_hard_negatives_join_every_views_denominator(symmetric):
+    """Written out: each view's candidates are the 2B - 1 other views plus the M negatives."""
+    torch.manual_seed(3)
+    anchors, negatives = torch.randn(3, 8), torch.randn(2, 8)
+    positives = anchors + 0.5 * torch.randn(3, 8)
+    views = torch.nn.functional.normalize(torch.cat([anchors, positives]).double(), dim=1)
+    extra = torch.nn.functional.normalize(negatives.double(), dim=1)
+    losses = []
+    for i in range(6 if symmetric else 3):
+        partner = (i + 3) % 6
+        scores = torch.cat([views @ views[i], extra @ views[i]]) / 0.5
+        scores[i] = -math.inf
+        losses.append(-(scores[partner] - torch.logsumexp(scores, 0)).item())
+    got = info_nce(anchors, positives, 0.5, symmetric, negatives=negatives).item()
+    assert got == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert got > info_nce(anchors, positives, 0.5, symmetric).item()  # more candidates
 
 
 @pytest.mark.parametrize("temperature", [0.04, 0.5])
@@ -164,6 +186,68 @@ def test_mixed_draws_both_kinds_about_evenly():
     assert 0.4 < kinds.count("twin") / len(kinds) < 0.6
 
 
+def test_paper_mix_draws_the_pairs_of_the_rule_before_mix_existed():
+    """{twin: 0.5, neutral: 0.5} keeps the old draw: Neutral below 0.5 of the first number."""
+    maker = PairMaker("mixed", seed=4, mix={"twin": 1, "neutral": 1})
+    for i in range(50):
+        old_rule = "neutral" if utterance_rng(4, 0, f"u{i}").random() < 0.5 else "twin"
+        assert maker(f"u{i}", torch.rand(2000) + 1, lambda: torch.ones(1500)).kind == old_rule
+    assert PairMaker("mixed").weights == {"twin": 0.5, "neutral": 0.5}
+
+
+def test_mix_of_any_kinds_draws_with_its_weights():
+    shifted = []
+    maker = PairMaker("mixed", seed=2, mix={"twin": 1, "perturb": 3},
+                      perturbation=lambda wav, rng: shifted.append(1) or wav + 1)
+    assert not maker.needs_neutral
+    pairs = [maker(f"u{i}", torch.zeros(3000)) for i in range(800)]
+    kinds = [pair.kind for pair in pairs]
+    assert set(kinds) == {"twin", "perturb"} and len(shifted) == kinds.count("perturb")
+    assert 0.70 < kinds.count("perturb") / len(kinds) < 0.80
+    perturbed = next(pair for pair in pairs if pair.kind == "perturb")
+    assert torch.equal(perturbed.positive, perturbed.anchor + 1)
+
+
+@pytest.mark.parametrize("strategy, mix, message", [
+    ("mixed", {"twin": 1, "speed": 1}, "--mix must map kinds"),
+    ("mixed", {"twin": 0, "neutral": 0}, "not all zero"),
+    ("mixed", {"twin": -1, "neutral": 2}, ">= 0"),
+    ("mixed", [0.5, 0.5], "--mix must map kinds"),
+    ("twin", {"twin": 0.5, "neutral": 0.5}, "--mix is for hparams/mixed.yaml"),
+    ("noisy", None, "--strategy must be one of"),
+])
+def test_bad_mix_is_refused(strategy, mix, message):
+    with pytest.raises(OptionError, match=message):
+        mix_weights(strategy, mix)
+
+
+def test_perturb_needs_a_perturbation_and_hard_negatives_a_known_rule():
+    with pytest.raises(OptionError, match="perturbation"):
+        PairMaker("perturb")
+    with pytest.raises(OptionError, match="--hard_negatives"):
+        PairMaker("twin", hard_negatives="embedding")
+
+
+def test_transcript_hard_negative_is_a_third_view_with_the_length_rule():
+    maker = PairMaker("twin", seed=0, hard_negatives="transcript")
+    assert maker.needs_neutral and maker.needs_text
+    pair = maker("u", torch.ones(50_000), load_negative=lambda: torch.arange(120_000.0))
+    assert pair.negative.shape[0] == 60_000  # over split_samples: one half
+    with pytest.raises(ValueError, match="hard negative"):
+        maker("u", torch.ones(50_000))
+
+
+def test_nearest_transcript_is_never_the_same_text():
+    ids = ["a", "b", "c", "d"]
+    texts = ["the cat sat on the mat", "THE CAT  SAT on the mat", "the cat sat on a hat",
+             "rain fell all night"]
+    neighbours = nearest_transcripts(ids, texts)
+    assert neighbours["a"] == neighbours["b"] == "c"  # a and b are one text
+    assert neighbours["c"] in ("a", "b") and neighbours["d"] != "d"
+    with pytest.raises(DataFileError, match="two different transcripts"):
+        nearest_transcripts(["a", "b"], ["same", "same"])
+
+
 def test_utterance_rng_is_stable():
     assert utterance_rng(1, 2, "a").random() == utterance_rng(1, 2, "a").random()
     assert utterance_rng(1, 2, "a").random() != utterance_rng(1, 3, "a").random()
@@ -233,6 +317,33 @@ def test_grad_cache_gradients_equal_plain_gradients(tiny_encoder, chunk_size):
     with torch.no_grad():
         other = encode_views(encode, views, chunk_size=chunk_size)
     assert info_nce(other[:4], other[4:]).item() != pytest.approx(plain_loss.item(), abs=1e-6)
+
+
+def test_grad_cache_with_hard_negatives_equals_plain_gradients(tiny_encoder):
+    """Three groups of views (anchors, positives, negatives) split as the plain loss does."""
+    upstream = _tiny_upstream(tiny_encoder(feat_extract_norm="layer"))
+    views = _views(count=9, seed=3)
+
+    def encode(wavs, rel_lens):
+        hidden, frame_lens = upstream(wavs, rel_lens)
+        return pool_utterances(hidden, frame_lens)
+
+    def loss(anchors, positives, negatives):
+        return info_nce(anchors, positives, negatives=negatives)
+
+    torch.manual_seed(5)
+    plain_loss = loss(*encode_views(encode, views, chunk_size=4).chunk(3))
+    plain_loss.backward()
+    plain = _grads(upstream)
+    upstream.zero_grad()
+    torch.manual_seed(5)
+    cached_loss = grad_cache_backward(encode, views, loss, 4, "cpu", num_groups=3)
+    cached = _grads(upstream)
+    assert cached_loss.item() == pytest.approx(plain_loss.item(), abs=1e-6)
+    for name in plain:
+        assert torch.allclose(cached[name], plain[name], atol=1e-6, rtol=1e-4), name
+    with pytest.raises(ValueError, match="3 groups"):
+        grad_cache_backward(encode, views[:8], loss, 4, "cpu", num_groups=3)
 
 
 def test_grad_cache_equals_one_full_batch_backward_group_norm(tiny_encoder):

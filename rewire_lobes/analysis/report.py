@@ -34,14 +34,14 @@ from pathlib import Path
 from rewire_lobes.downstream.results import RESULTS_SCHEMA
 from rewire_lobes.errors import DataFolderError
 from rewire_lobes.io_utils import write_text_atomic
-from rewire_lobes.runs.provenance import BASELINE, RECORD_FILE
+from rewire_lobes.runs.provenance import BASELINE, RECORD_FILE, REWIRING_STRATEGIES
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 REPRESENTATIONS_FILE = "representations.json"
 REPRESENTATIONS_SCHEMA = 1
-STRATEGY_ORDER = (BASELINE, "twin", "neutral", "mixed")
+STRATEGY_ORDER = (BASELINE, *REWIRING_STRATEGIES)
 TASK_ORDER = ("KS", "IC", "ASR", "SF", "SD", "QbE")
 EMBEDDED_NOTE = ("Synthetic embedded default (mini corpus + the small shipped encoder): "
                  "these numbers test the pipeline, they are not the paper's.")

@@ -39,7 +39,13 @@ from rewire_lobes.grid.options import (
     yaml_path,
 )
 from rewire_lobes.io_utils import write_text_atomic
-from rewire_lobes.runs.provenance import BASELINE, MTL_RECORD_FILE, RECORD_FILE, read_provenance
+from rewire_lobes.runs.provenance import (
+    BASELINE,
+    MTL_RECORD_FILE,
+    RECORD_FILE,
+    REWIRING_STRATEGIES,
+    read_provenance,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,7 +72,7 @@ TASK_PROGRAMS = {
     "QbE": Program("recipes/QbE/evaluate.py", "hparams/qbe.yaml"),
 }
 REWIRE_PROGRAMS = {strategy: Program("recipes/rewire/train.py", f"hparams/{strategy}.yaml")
-                   for strategy in ("twin", "neutral", "mixed")}
+                   for strategy in REWIRING_STRATEGIES}
 ANALYSIS_PROGRAM = Program("utils/representations.py")
 
 

@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rewire_lobes.downstream.schedule import paper_step_budget
 from rewire_lobes.errors import DataFileError, DataFolderError, OptionError, UserError
+from rewire_lobes.runs.provenance import BASELINE, REWIRING_STRATEGIES
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_RATE = 16_000
@@ -55,8 +56,7 @@ PEAK_BF16_DENSE = 989e12  # H100 / H200 SXM, bf16 dense (no sparsity), FLOP/s
 TASKS = ("KS", "IC", "ASR", "SF", "SD", "QbE")
 TRAINED_TASKS = ("KS", "IC", "ASR", "SF", "SD")
 POOLED_TASKS = frozenset({"KS", "IC"})  # the cache holds per-layer means: the head sees [L+1, D]
-BASELINE = "baseline"
-REWIRE_STRATEGIES = ("twin", "neutral", "mixed")
+REWIRE_STRATEGIES = REWIRING_STRATEGIES
 ENCODER_MODES = ("forward", "train_frozen_cnn", "train")
 FIT_SECONDS = (1.0, 4.0, 16.0, 40.0)  # SD's chunks reach 40 s
 CHECK_SECONDS = (1.0, 2.0, 4.0)

@@ -119,10 +119,18 @@ class RewireBrain(sb.Brain):
             sum(p.numel() for p in self.upstream.parameters()) / 1e6,
         )
 
+    def view_groups(self, batch):
+        """The batch's padded views: anchors, positives and, when drawn, hard negatives."""
+        groups = [batch.anchor, batch.positive]
+        if self.hparams.pair_maker.hard_negatives:
+            groups.append(batch.negative)
+        return groups
+
     def batch_views(self, batch):
-        """The ``2B`` views of a batch as 1-D tensors on the device: anchors, then positives."""
+        """The views of a batch as 1-D tensors on the device: anchors, then positives (then
+        hard negatives)."""
         views = []
-        for padded in (batch.anchor, batch.positive):
+        for padded in self.view_groups(batch):
             data = padded.data.to(self.device)
             lengths = torch.round(padded.lengths * data.shape[1]).long().tolist()
             views.extend(data[row, :length] for row, length in enumerate(lengths))
@@ -134,14 +142,13 @@ class RewireBrain(sb.Brain):
         return pool_utterances(hidden, frame_lens, self.hparams.pool_layers)
 
     def compute_forward(self, batch, stage):
-        views = self.batch_views(batch)
-        embeddings = encode_views(self.encode, views)
-        half = len(views) // 2
-        return embeddings[:half], embeddings[half:]
+        embeddings = encode_views(self.encode, self.batch_views(batch))
+        return embeddings.chunk(len(self.view_groups(batch)))
 
-    def loss(self, anchors, positives):
+    def loss(self, anchors, positives, negatives=None):
         return global_info_nce(
-            anchors, positives, self.hparams.temperature, self.hparams.symmetric_loss
+            anchors, positives, self.hparams.temperature, self.hparams.symmetric_loss,
+            negatives,
         )
 
     def compute_objectives(self, predictions, batch, stage):
@@ -164,6 +171,7 @@ class RewireBrain(sb.Brain):
             self.device,
             sync_context=lambda sync: self.no_sync(not sync),
             scale=self.scaler.scale,
+            num_groups=len(self.view_groups(batch)),
         )
         self.check_loss_isfinite(loss)
         self.optimizers_step()

@@ -4,14 +4,18 @@ Pairs
     *Twin*: the positive is a copy of the utterance with a span of 20 % of its samples set
     to zero, the span's start drawn uniformly so that the span fits (i.e. within the first
     4/5 of the signal). *Neutral*: the positive is a flat TTS rendering of the transcript.
-    *Mixed*: Twin or Neutral, drawn uniformly per utterance. Truncation (appendix B):
-    utterances over 180k samples are skipped, those over 90k are cut into two halves and
-    one half, drawn at random, is used (for Neutral, the same half of the TTS audio).
+    *Perturb* (ours, after SPIN and ContentVec): the positive is a speaker-perturbed copy
+    (pitch and formants moved, :mod:`rewire_lobes.rewiring.perturb`). *Mixed*: one of these
+    kinds drawn per utterance with the ``mix`` weights; the paper's Mixed is Twin or
+    Neutral, uniformly. Truncation (appendix B): utterances over 180k samples are skipped,
+    those over 90k are cut into two halves and one half, drawn at random, is used (for
+    Neutral, the same half of the TTS audio).
 
 Loss
     :func:`info_nce` is cosine similarity over a temperature. Every view (an anchor or a
     positive) has as candidates its partner and every other view of the (global) batch
-    except itself, as in the paper's code (pytorch-metric-learning's ``NTXentLoss``).
+    except itself, as in the paper's code (pytorch-metric-learning's ``NTXentLoss``), plus
+    the optional hard negatives (views that are nobody's partner).
 
 Scale
     :func:`gather_with_grad` lets the loss see the negatives of every DDP rank, and
@@ -32,9 +36,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from rewire_lobes.errors import OptionError
+from rewire_lobes.runs.provenance import REWIRING_STRATEGIES
 from rewire_lobes.upstream.pooling import masked_mean
 
-STRATEGIES = ("twin", "neutral", "mixed")
+# Kinds of positive view, in the order a Mixed draw walks them: with the paper's weights a
+# draw below 0.5 is Neutral, as before Perturb existed, so its runs draw the same pairs.
+KINDS = ("neutral", "twin", "perturb")
+STRATEGIES = REWIRING_STRATEGIES
+PAPER_MIX = {"twin": 0.5, "neutral": 0.5}
+HARD_NEGATIVES = (None, "transcript")
 MAX_SAMPLES = 180_000  # longer utterances are skipped (paper §3.1)
 SPLIT_SAMPLES = 90_000  # longer ones are halved (appendix B)
 MASK_RATIO = 0.2  # Twin: p = 20 %
@@ -106,15 +116,59 @@ def twin_view(wav, rng, ratio=MASK_RATIO):
 
 @dataclass
 class Pair:
-    """One training example: the anchor view, its positive, and which kind it is."""
+    """One training example: the anchor view, its positive, which kind it is, and the
+    optional hard negative (a view that is nobody's partner)."""
 
     anchor: torch.Tensor
     positive: torch.Tensor
     kind: str
+    negative: torch.Tensor = None
+
+
+def mix_weights(strategy, mix=None):
+    """``{kind: weight}`` (weights summing to 1) of the positive kinds a strategy draws.
+
+    A single-kind strategy draws its own kind; ``mixed`` draws with ``mix`` (default the
+    paper's ``{twin: 0.5, neutral: 0.5}``), normalised.
+
+    Example
+    -------
+    >>> mix_weights("mixed", {"twin": 1, "perturb": 3})
+    {'twin': 0.25, 'perturb': 0.75}
+    """
+    if strategy not in STRATEGIES:
+        raise OptionError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if strategy != "mixed":
+        if mix is not None and dict(mix) != {strategy: 1}:
+            raise OptionError(f"--mix is for hparams/mixed.yaml; strategy {strategy} draws "
+                              f"{strategy} pairs only (got --mix {dict(mix)})")
+        return {strategy: 1.0}
+    mix = PAPER_MIX if mix is None else mix
+    if not isinstance(mix, dict) or not mix:
+        raise OptionError(f"--mix must map kinds ({', '.join(KINDS)}) to weights, got {mix!r}")
+    unknown = sorted(set(mix) - set(KINDS))
+    bad = [k for k, w in mix.items() if isinstance(w, bool) or not isinstance(w, (int, float))
+           or not w >= 0]
+    if unknown or bad or sum(w for k, w in mix.items() if k not in bad) <= 0:
+        raise OptionError(f"--mix must map kinds ({', '.join(KINDS)}) to weights >= 0, "
+                          f"not all zero; got {mix!r}")
+    total = float(sum(mix.values()))
+    return {kind: weight / total for kind, weight in mix.items() if weight > 0}
+
+
+def draw_kind(weights, rng):
+    """A kind drawn with ``weights``, walking :data:`KINDS` in order."""
+    threshold, cumulative = rng.random(), 0.0
+    drawn = [kind for kind in KINDS if kind in weights]
+    for kind in drawn:
+        cumulative += weights[kind]
+        if threshold < cumulative:
+            return kind
+    return drawn[-1]  # rounding of the cumulative sum
 
 
 class PairMaker:
-    """Builds the positive pair of an utterance for a strategy (twin, neutral, mixed).
+    """Builds the positive pair of an utterance for a strategy (twin, neutral, perturb, mixed).
 
     The maker is called from the data pipeline; the Brain sets :attr:`epoch` at the start
     of each epoch so that masks, halves and Mixed choices are redrawn every epoch.
@@ -122,11 +176,18 @@ class PairMaker:
     Arguments
     ---------
     strategy : str
-        ``twin``, ``neutral`` or ``mixed``.
+        ``twin``, ``neutral``, ``perturb`` or ``mixed``.
     seed : int
         Base seed of :func:`utterance_rng`.
     mask_ratio, split_samples, max_samples
         The paper's 0.2, 90k and 180k.
+    mix : dict, optional
+        ``mixed`` only: weights of the kinds (:func:`mix_weights`).
+    perturbation : callable, optional
+        ``perturbation(wav, rng) -> wav`` of the same length: the Perturb view.
+    hard_negatives : str, optional
+        ``transcript``: a third view per utterance, the neutral rendering of the
+        utterance whose transcript is nearest to its own (``load_negative``).
 
     Example
     -------
@@ -143,24 +204,38 @@ class PairMaker:
         mask_ratio=MASK_RATIO,
         split_samples=SPLIT_SAMPLES,
         max_samples=MAX_SAMPLES,
+        mix=None,
+        perturbation=None,
+        hard_negatives=None,
     ):
-        if strategy not in STRATEGIES:
-            raise OptionError(
-                f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
-            )
+        self.weights = mix_weights(strategy, mix)
+        if hard_negatives not in HARD_NEGATIVES:
+            raise OptionError(f"--hard_negatives must be null or {' or '.join(HARD_NEGATIVES[1:])}, "
+                              f"got {hard_negatives!r}")
+        if "perturb" in self.weights and perturbation is None:
+            raise OptionError("perturb pairs need a perturbation (the yaml's `perturbation`)")
         self.strategy = strategy
         self.seed = seed
         self.mask_ratio = mask_ratio
         self.split_samples = split_samples
         self.max_samples = max_samples
+        self.perturbation = perturbation
+        self.hard_negatives = hard_negatives
         self.epoch = 0
 
     @property
     def needs_neutral(self):
-        return self.strategy in ("neutral", "mixed")
+        """Whether TTS audio is read: a Neutral positive or a transcript hard negative."""
+        return "neutral" in self.weights or self.hard_negatives == "transcript"
 
-    def __call__(self, utt_id, wav, load_neutral=None):
-        """The pair of ``wav``; ``load_neutral()`` returns the TTS audio when needed.
+    @property
+    def needs_text(self):
+        """Whether every utterance needs a transcript."""
+        return self.needs_neutral
+
+    def __call__(self, utt_id, wav, load_neutral=None, load_negative=None):
+        """The pair of ``wav``; ``load_neutral()`` returns the TTS audio when needed, and
+        ``load_negative()`` the hard negative's audio (``None`` when it has none).
 
         Raises ``ValueError`` for an utterance the truncation rule skips (the prepare
         step drops those beforehand, so this means a manifest built with other limits).
@@ -168,7 +243,7 @@ class PairMaker:
         rng = utterance_rng(self.seed, self.epoch, utt_id)
         kind = self.strategy
         if kind == "mixed":
-            kind = "neutral" if rng.random() < 0.5 else "twin"
+            kind = draw_kind(self.weights, rng)
         half = choose_half(wav.shape[-1], rng, self.split_samples, self.max_samples)
         if half is None:
             raise ValueError(
@@ -178,11 +253,22 @@ class PairMaker:
         anchor = take_half(wav, half)
         if kind == "twin":
             positive = twin_view(anchor, rng, self.mask_ratio)
+        elif kind == "perturb":
+            positive = self.perturbation(anchor, rng)
         else:
             if load_neutral is None:
                 raise ValueError(f"{utt_id}: a neutral pair needs the TTS audio")
             positive = take_half(load_neutral(), half)
-        return Pair(anchor, positive, kind)
+        negative = None
+        if self.hard_negatives:
+            negative = load_negative() if load_negative is not None else None
+            if negative is None:
+                raise ValueError(f"{utt_id}: --hard_negatives {self.hard_negatives} needs "
+                                 "the hard negative's audio")
+            # The negative's text is another utterance's: its own length rule.
+            if negative.shape[-1] > self.split_samples:
+                negative = take_half(negative, rng.randrange(2))
+        return Pair(anchor, positive, kind, negative)
 
 
 # ----------------------------------------------------------------------------------------
@@ -205,7 +291,7 @@ def pool_utterances(hidden, frame_lens, layers="all"):
     return masked_mean(states, frame_lens)
 
 
-def info_nce(anchors, positives, temperature=0.04, symmetric=True):
+def info_nce(anchors, positives, temperature=0.04, symmetric=True, negatives=None):
     """InfoNCE over cosine similarities, with the paper's negatives.
 
     Row ``i`` of ``anchors`` and of ``positives`` form a positive pair. For every view its
@@ -216,6 +302,9 @@ def info_nce(anchors, positives, temperature=0.04, symmetric=True):
     (``NTXentLoss``); ``symmetric=False`` averages it over the ``B`` anchors only, the
     paper's equation (which writes a sum; we take the mean so the scale does not depend
     on the batch size).
+
+    ``negatives`` (``[M, D]``, optional): hard negatives, candidates of every view, that
+    are no view's partner and have no loss term of their own.
 
     Example
     -------
@@ -230,8 +319,12 @@ def info_nce(anchors, positives, temperature=0.04, symmetric=True):
         )
     batch = anchors.shape[0]
     views = F.normalize(torch.cat([anchors, positives]).float(), dim=1)
-    logits = views @ views.T / temperature
-    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=logits.device)
+    candidates = views
+    if negatives is not None and len(negatives):
+        candidates = torch.cat([views, F.normalize(negatives.float(), dim=1)])
+    logits = views @ candidates.T / temperature
+    self_mask = torch.eye(2 * batch, candidates.shape[0], dtype=torch.bool,
+                          device=logits.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
     index = torch.arange(batch, device=logits.device)
     targets = torch.cat([index + batch, index])
@@ -293,9 +386,12 @@ def gather_with_grad(tensor):
     return _GatherWithGrad.apply(tensor)
 
 
-def global_info_nce(anchors, positives, temperature=0.04, symmetric=True):
+def global_info_nce(anchors, positives, temperature=0.04, symmetric=True, negatives=None):
     """:func:`info_nce` over the batch of every rank (negatives span the global batch)."""
-    return info_nce(gather_with_grad(anchors), gather_with_grad(positives), temperature, symmetric)
+    if negatives is not None:
+        negatives = gather_with_grad(negatives)
+    return info_nce(gather_with_grad(anchors), gather_with_grad(positives), temperature,
+                    symmetric, negatives)
 
 
 # ----------------------------------------------------------------------------------------
@@ -374,7 +470,7 @@ def encode_views(encode, views, chunk_size=None):
 
 
 def grad_cache_backward(encode, views, loss_fn, chunk_size, device, sync_context=None,
-                        scale=None):
+                        scale=None, num_groups=2):
     """One GradCache step: accumulates into ``.grad`` the gradient of ``loss_fn`` over all views.
 
     Arguments
@@ -383,9 +479,11 @@ def grad_cache_backward(encode, views, loss_fn, chunk_size, device, sync_context
         ``encode(wavs [n, T], rel_lens [n]) -> [n, D]``; runs the (possibly DDP-wrapped)
         encoder under the caller's autocast.
     views : list of 1-D tensors
-        The ``2B`` views: anchors first, then their positives in the same order.
+        The ``2B`` views: anchors first, then their positives in the same order (then
+        ``B`` hard negatives, with ``num_groups=3``).
     loss_fn : callable
-        ``loss_fn(anchors [B, D], positives [B, D]) -> scalar`` (may gather across ranks).
+        ``loss_fn(anchors [B, D], positives [B, D][, negatives [B, D]]) -> scalar`` (may
+        gather across ranks).
     chunk_size : int
         Views per forward pass; activations of only one chunk are alive at a time.
     device : torch.device
@@ -401,8 +499,9 @@ def grad_cache_backward(encode, views, loss_fn, chunk_size, device, sync_context
     The loss (detached).
     """
     num_views = len(views)
-    if num_views % 2:
-        raise ValueError("views must hold anchors then positives (an even count)")
+    if num_views % num_groups:
+        raise ValueError(f"views must hold {num_groups} groups of the same size "
+                         f"(anchors, positives ...), got {num_views} views")
     chunks = chunk_order([v.shape[-1] for v in views], chunk_size)
 
     # 1. Embeddings without a graph; remember each chunk's random state.
@@ -420,8 +519,7 @@ def grad_cache_backward(encode, views, loss_fn, chunk_size, device, sync_context
 
     # 2. The loss and its gradient with respect to the embeddings.
     embeddings.requires_grad_(True)
-    half = num_views // 2
-    loss = loss_fn(embeddings[:half], embeddings[half:])
+    loss = loss_fn(*embeddings.chunk(num_groups))
     (embedding_grads,) = torch.autograd.grad(loss, embeddings)
 
     # 3. Re-encode each chunk with the same dropout masks and back-propagate its share.

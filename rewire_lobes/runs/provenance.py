@@ -21,6 +21,8 @@ from rewire_lobes.errors import OptionError
 RECORD_FILE = "rewiring.json"
 MTL_RECORD_FILE = "mtl.json"
 BASELINE = "baseline"
+# The rewiring recipes (hparams/<strategy>.yaml), in the order tables list them.
+REWIRING_STRATEGIES = ("twin", "neutral", "mixed", "perturb")
 
 
 def record_path(source):
