@@ -153,20 +153,22 @@ def _settings(path):
         if line.startswith("#") or not line.strip():
             continue
         key = line.split(":")[0]
-        if key not in ("strategy", "max_steps"):
+        if key not in ("strategy", "max_steps", "mix"):
             lines[len(lines)] = line
     return lines
 
 
-def test_the_three_yamls_differ_only_in_strategy_and_max_steps():
+def test_the_four_yamls_differ_only_in_strategy_max_steps_and_mix():
     twin = _settings(REPO / "hparams" / "twin.yaml")
-    assert twin == _settings(REPO / "hparams" / "neutral.yaml")
-    assert twin == _settings(REPO / "hparams" / "mixed.yaml")
+    for name in ("neutral", "mixed", "perturb"):
+        assert twin == _settings(REPO / "hparams" / f"{name}.yaml"), name
     assert train_script.PAPER_UPDATES == {"twin": 1700, "neutral": 11600, "mixed": 5000}
-    for name, steps in train_script.PAPER_UPDATES.items():
+    # Perturb is ours: the paper gives no budget; it gets Mixed's.
+    for name, steps in {**train_script.PAPER_UPDATES, "perturb": 5000}.items():
         text = (REPO / "hparams" / f"{name}.yaml").read_text()
         assert f"\nstrategy: {name}\n" in text
         assert f"\nmax_steps: {steps} " in text
+        assert ("\nmix: {twin: 0.5, neutral: 0.5}\n" if name == "mixed" else "\nmix: null\n") in text
     twin_text = (REPO / "hparams" / "twin.yaml").read_text()
     for key in ("output_folder", "data_folder", "upstream_source", "max_steps", "batch_size",
                 "seed", "run_profile", "embedded_profile", "run_identity_keys"):

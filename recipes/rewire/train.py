@@ -22,8 +22,11 @@ Authors
  * rewire-speech contributors
 """
 
+import functools
+import hashlib
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -31,8 +34,10 @@ import speechbrain as sb
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lobes.data.audio import SAMPLE_RATE, load_audio
+from rewire_lobes.errors import DataFolderError, OptionError
 from rewire_lobes.rewiring.batching import LengthBucketBatchSampler
 from rewire_lobes.rewiring.brain import RewireBrain
+from rewire_lobes.rewiring.hard_negatives import nearest_transcripts
 from rewire_lobes.rewiring.neutral import neutral_path, resolve_voice, tts_text
 from rewire_lobes.runs.cli import (
     load_recipe_hparams,
@@ -54,6 +59,7 @@ logger = logging.getLogger(__name__)
 # The paper's updates per strategy (§3.1, appendix B): the yamls' max_steps.
 PAPER_UPDATES = {"twin": 1700, "neutral": 11600, "mixed": 5000}
 NEUTRAL_REPORT = "neutral_synthesis.json"
+AUDIO_FOLDER_REPORT = "audio_folder_report.json"
 
 
 def run_precision(hparams, run_opts):
@@ -69,7 +75,102 @@ def identity_extras(hparams, run_opts):
     return {
         "tts_voice": resolve_voice(hparams["tts_backend"], hparams["tts_voice"]),
         "precision": run_precision(hparams, run_opts),
+        "transcripts": transcript_source(hparams),
     }
+
+
+def audio_folder_overrides(defaults, given):
+    """``derived`` hook: an audio folder takes the data folder's place and tags the run
+    folder's name, so that its runs and LibriSpeech ones never share a folder."""
+    folder = given.get("audio_folder", defaults.get("audio_folder"))
+    if not folder:
+        return {}
+    if "data_folder" in given:
+        raise OptionError("--data_folder (LibriSpeech) and --audio_folder (any audio) "
+                          "exclude each other: pass one of them")
+    path = Path(str(folder)).expanduser().resolve()
+    if not path.is_dir():
+        raise DataFolderError(f"--audio_folder {folder}: no such folder")
+    digest = hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:8]
+    name = re.sub(r"[^\w.-]", "_", path.name) or "audio"
+    return {"data_folder": str(path), "data_tag": f"_{name}-{digest}"}
+
+
+def transcript_source(hparams):
+    """Where the transcripts come from, as recorded (run identity, rewiring.json): the
+    corpus, a file (with its sha256) or an ASR pass (with the model's identity)."""
+    if not hparams["audio_folder"]:
+        if hparams["transcripts"] or hparams["asr_source"]:
+            raise OptionError("--transcripts and --asr_source are for --audio_folder: "
+                              "LibriSpeech brings its own transcripts")
+        return {"source": "librispeech"}
+    if hparams["transcripts"] and hparams["asr_source"]:
+        raise OptionError("--transcripts FILE and --asr_source DIR exclude each other: "
+                          "pass one of them")
+    if not hparams["pair_maker"].needs_text:
+        return None
+    if hparams["transcripts"]:
+        path = Path(hparams["transcripts"]).expanduser().resolve()
+        if not path.is_file():
+            raise DataFolderError(f"--transcripts {hparams['transcripts']}: no such file")
+        return {"source": "file", "path": str(path), "sha256": file_sha256(path)}
+    if hparams["asr_source"]:
+        return {"source": "asr", **transcriber(hparams).identity}
+    raise OptionError(
+        f"strategy {hparams['strategy']} needs a transcript per utterance of "
+        f"{hparams['audio_folder']}: pass --transcripts FILE (CSV/TSV or Kaldi text) or "
+        "--asr_source DIR (an ASR run folder or a Wav2Vec2ForCTC directory)"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _load_transcriber(source, device):
+    from rewire_lobes.rewiring.asr_transcripts import load_transcriber
+
+    return load_transcriber(source, device=device)
+
+
+def transcriber(hparams):
+    """The ASR model of ``--asr_source`` (loaded once per process)."""
+    device = hparams.get("device") or sb.utils.distributed.infer_device()
+    return _load_transcriber(str(Path(hparams["asr_source"]).expanduser()), str(device))
+
+
+def prepare_data(hparams):
+    """The prepare step: LibriSpeech's manifest, or the audio folder's (with the
+    transcripts of a file or of an ASR pass); returns the manifest's path."""
+    common = {key: hparams[key] for key in (
+        "max_samples", "max_utterances", "seed", "subset", "skip_prep")}
+    common["save_folder"] = hparams["output_folder"]
+    if not hparams["audio_folder"]:
+        return run_on_main(prepare_librispeech_rewire, kwargs={
+            **common, "data_folder": hparams["data_folder"], "splits": hparams["splits"]})
+    from audio_folder_prepare import prepare_audio_folder_rewire  # sibling script
+    from rewire_lobes.rewiring.asr_transcripts import transcribe_cached
+
+    source = transcript_source(hparams) or {}
+    transcribe = None
+    if source.get("source") == "asr":
+        def transcribe(rows):
+            return transcribe_cached(rows, transcriber(hparams),
+                                     Path(hparams["neutral_folder"]) / "transcripts",
+                                     batch_size=hparams["asr_batch_size"])
+    return run_on_main(prepare_audio_folder_rewire, kwargs={
+        **common,
+        "audio_folder": hparams["data_folder"],
+        "transcripts_file": source.get("path") if source.get("source") == "file" else None,
+        "needs_text": hparams["pair_maker"].needs_text,
+        "transcribe": transcribe,
+        "transcriber_identity": source if transcribe else None,
+    })
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def dataio_prepare(hparams, csv_path):
@@ -89,17 +190,27 @@ def dataio_prepare(hparams, csv_path):
             logger.warning("%d of %d utterances have no neutral audio and are left out",
                            len(data) - len(keep), len(data))
         data = data.filtered_sorted(key_test={"id": lambda uid: uid in keep})
+    neighbours = {}
+    if maker.hard_negatives == "transcript":
+        neighbours = nearest_transcripts(data.data_ids,
+                                         [data.data[uid]["wrd"] for uid in data.data_ids])
+
+    def load_negative(uid):
+        return load_audio(neutral_file(data.data[neighbours[uid]]["wrd"]))
 
     @sb.utils.data_pipeline.takes("id", "wav", "wrd")
-    @sb.utils.data_pipeline.provides("anchor", "positive", "kind")
+    @sb.utils.data_pipeline.provides("anchor", "positive", "kind", "negative")
     def pair_pipeline(uid, wav, wrd):
-        pair = maker(uid, load_audio(wav), lambda: load_audio(neutral_file(wrd)))
+        pair = maker(uid, load_audio(wav), lambda: load_audio(neutral_file(wrd)),
+                     lambda: load_negative(uid))
         yield pair.anchor
         yield pair.positive
         yield pair.kind
+        yield pair.negative
 
     sb.dataio.dataset.add_dynamic_item([data], pair_pipeline)
-    sb.dataio.dataset.set_output_keys([data], ["id", "anchor", "positive", "kind"])
+    keys = ["id", "anchor", "positive", "kind"] + (["negative"] if maker.hard_negatives else [])
+    sb.dataio.dataset.set_output_keys([data], keys)
 
     # Sort key of length buckets: the view length after the truncation rule (halved above
     # split_samples). With bucket_batches null (the default) batches are random.
@@ -122,11 +233,17 @@ def export_record(hparams, brain, csv_path, utterances):
         "grad_cache_chunk_size", "gradient_checkpointing", "bucket_batches", "max_samples",
         "split_samples", "max_utterances", "subset", "max_grad_norm", "seed",
     )}
+    maker = hparams["pair_maker"]
+    settings["mix"] = maker.weights  # the kinds of positive drawn, normalised
+    settings["hard_negatives"] = maker.hard_negatives
+    if "perturb" in maker.weights:
+        settings["perturb"] = {key: hparams[key] for key in (
+            "perturb_formant", "perturb_pitch", "perturb_pitch_range")}
     settings["batch_size_per_rank"] = hparams["batch_size"]
     settings["global_batch_size"] = hparams["batch_size"] * world_size()
     settings["precision"] = brain.precision
     neutral_failures = None
-    if hparams["pair_maker"].needs_neutral:
+    if maker.needs_neutral:
         settings["tts"] = [hparams["tts_backend"],
                            resolve_voice(hparams["tts_backend"], hparams["tts_voice"])]
         settings["max_failed_fraction"] = hparams["max_failed_fraction"]
@@ -142,11 +259,17 @@ def export_record(hparams, brain, csv_path, utterances):
         # it choose their profile from this (the rewiring run's profile may be forced).
         "embedded_encoder": is_embedded_encoder(source),
         "profile_reason": hparams.get("profile_reason"),
-        "paper_updates": PAPER_UPDATES[hparams["strategy"]],
+        # The paper rewired with Twin, Neutral and Mixed only.
+        "paper_updates": PAPER_UPDATES.get(hparams["strategy"]),
         "hyperparameters": settings,
         "data": {
             "manifest": str(Path(csv_path).resolve()),
-            "splits": list(hparams["splits"]),
+            "corpus": "audio_folder" if hparams["audio_folder"] else "librispeech",
+            "splits": None if hparams["audio_folder"] else list(hparams["splits"]),
+            "transcripts": transcript_source(hparams),
+            # The audio folder's skipped files (unreadable, silent, too long, without a
+            # transcript), counted and named by the prepare step.
+            "audio_folder_report": audio_folder_report(hparams),
             "subset_rule": hparams["subset"],
             # The utterance IDs chosen for rewiring, beside this record; the ASR recipe
             # leaves them out of its training data.
@@ -161,6 +284,14 @@ def export_record(hparams, brain, csv_path, utterances):
     }
 
 
+def audio_folder_report(hparams):
+    """The audio folder's prepare report (None for LibriSpeech)."""
+    if not hparams["audio_folder"]:
+        return None
+    report = Path(hparams["output_folder"]) / AUDIO_FOLDER_REPORT
+    return json.loads(report.read_text(encoding="utf-8"))
+
+
 def load_hparams(argv):
     """``load_recipe_hparams`` for this recipe: the profile applied, the run folder claimed.
 
@@ -171,7 +302,7 @@ def load_hparams(argv):
     """
     # The precision in use (bf16 on CUDA unless given) belongs to the run identity.
     hparams, hparams_file, run_opts, overrides = load_recipe_hparams(
-        argv, identity_extras=identity_extras)
+        argv, identity_extras=identity_extras, derived_overrides=audio_folder_overrides)
     hparams["precision"] = run_precision(hparams, run_opts)
     return hparams, hparams_file, run_opts, overrides
 
@@ -185,16 +316,7 @@ def main(argv):
                        "that the pipeline works, not what rewiring does.", source)
 
     csv_path = Path(hparams["output_folder"]) / "train.csv"
-    run_on_main(prepare_librispeech_rewire, kwargs={
-        "data_folder": hparams["data_folder"],
-        "save_folder": hparams["output_folder"],
-        "splits": hparams["splits"],
-        "max_samples": hparams["max_samples"],
-        "max_utterances": hparams["max_utterances"],
-        "seed": hparams["seed"],
-        "subset": hparams["subset"],
-        "skip_prep": hparams["skip_prep"],
-    })
+    prepare_data(hparams)
     if hparams["pair_maker"].needs_neutral:
         from synthesize_neutral import ensure_neutral_audio  # noqa: E402 (sibling script)
 
