@@ -1,4 +1,4 @@
-"""Manifests for self-supervised pre-training: every wav/flac file under a folder.
+"""Manifests for self-supervised pre-training: every audio file (wav/flac/ogg/mp3) under a folder.
 
 No labels are read, so any folder of speech works (a corpus, a podcast dump, the mini
 corpus). Writes ``train.csv`` and ``valid.csv`` with the columns
@@ -10,73 +10,19 @@ Authors
 """
 
 import csv
-import fnmatch
 import json
 import logging
 import random
 from pathlib import Path
 
 from rewire_lobes.data.audio import AudioError, audio_info
-from rewire_lobes.errors import DataFolderError, OptionError
+from rewire_lobes.data.audio_folder import find_audio_files
+from rewire_lobes.errors import OptionError
 from rewire_lobes.io_utils import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac")
 OPTIONS_FILE = "opt_audio_folder_prepare.json"
-
-
-def read_exclude_lists(audio_folder, exclude_lists):
-    """Paths (relative to ``audio_folder``) named in held-out split lists.
-
-    A list is a text file with one path per line (Speech Commands'
-    ``testing_list.txt``) or a CSV with a ``path`` column (Fluent Speech Commands'
-    ``test_data.csv``). Its paths may be relative to the list's folder or to any folder
-    above it, up to ``audio_folder``; every reading is kept (a wrong one matches nothing).
-    A list that does not exist is ignored, so one yaml serves any audio folder.
-    """
-    root = Path(audio_folder)
-    listed = set()
-    for name in exclude_lists:
-        list_file = root / name
-        if not list_file.is_file():
-            continue
-        if list_file.suffix.lower() == ".csv":
-            with open(list_file, newline="", encoding="utf-8") as f:
-                entries = [row["path"] for row in csv.DictReader(f) if row.get("path")]
-        else:
-            entries = list_file.read_text(encoding="utf-8").splitlines()
-        bases = [list_file.parent.relative_to(root), *list_file.parent.relative_to(root).parents]
-        for entry in filter(None, (e.strip() for e in entries)):
-            listed.update((base / entry).as_posix() for base in bases)
-    return listed
-
-
-def find_audio_files(audio_folder, exclude_patterns=(), exclude_lists=()):
-    """Sorted wav/flac paths under ``audio_folder`` (recursive, any letter case).
-
-    Held-out evaluation audio should not be seen, even unlabelled, before it is used
-    for evaluation, so files can be left out by ``exclude_patterns`` (shell globs
-    matched against the path relative to ``audio_folder``, e.g.
-    ``"LibriSpeech/test-clean/*"``) and by ``exclude_lists`` (see
-    :func:`read_exclude_lists`).
-    """
-    root = Path(audio_folder)
-    if not root.is_dir():
-        raise DataFolderError(
-            f"{audio_folder}: no such audio folder (pass --audio_folder, a folder holding "
-            "wav or flac files, searched recursively)"
-        )
-    listed = read_exclude_lists(root, exclude_lists)
-    files = []
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
-            continue
-        relative = path.relative_to(root).as_posix()
-        if relative in listed or any(fnmatch.fnmatch(relative, p) for p in exclude_patterns):
-            continue
-        files.append(path)
-    return files
 
 
 def prepare_audio_folder(audio_folder, save_folder, exclude_patterns=(), exclude_lists=(),
@@ -86,7 +32,7 @@ def prepare_audio_folder(audio_folder, save_folder, exclude_patterns=(), exclude
     Arguments
     ---------
     audio_folder : str
-        Searched recursively for ``*.wav`` and ``*.flac``.
+        Searched recursively for audio files (``rewire_lobes.data.audio_folder``).
     save_folder : str
     exclude_patterns : list of str
         Globs (relative to ``audio_folder``) of files to leave out.
@@ -143,7 +89,7 @@ def prepare_audio_folder(audio_folder, save_folder, exclude_patterns=(), exclude
                     too_short, min_seconds, unreadable)
     if len(rows) <= valid_files:
         raise OptionError(
-            f"{audio_folder}: found {len(rows)} usable wav/flac files (>= {min_seconds} s); "
+            f"{audio_folder}: found {len(rows)} usable audio files (>= {min_seconds} s); "
             f"need more than --valid_files {valid_files}: pass a smaller --valid_files or "
             "--min_seconds, or an --audio_folder with more audio"
         )

@@ -12,7 +12,7 @@ To run (the embedded default: the mini corpus under data/mini, generated if abse
 
     python recipes/pretrain/train.py hparams/pretrain.yaml
 
-On your own audio (every wav/flac below the folder) and into the shipped location::
+On your own audio (every wav/flac/ogg/mp3 below the folder) and into the shipped location::
 
     python recipes/pretrain/train.py hparams/pretrain.yaml \
         --audio_folder /data/my_audio --export_folder assets/encoder

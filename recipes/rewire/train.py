@@ -47,6 +47,8 @@ from rewire_lobes.runs.cli import (
 )
 from rewire_lobes.runs.defaults import FALLBACK_NAME, is_embedded_encoder
 
+from audio_folder_prepare import REPORT_NAME as AUDIO_FOLDER_REPORT  # isort: skip
+from audio_folder_prepare import file_source, prepare_audio_folder_rewire  # isort: skip
 from librispeech_prepare import (  # sibling script  # isort: skip
     SUBSET_NAME,
     prepare_librispeech_rewire,
@@ -59,7 +61,6 @@ logger = logging.getLogger(__name__)
 # The paper's updates per strategy (§3.1, appendix B): the yamls' max_steps.
 PAPER_UPDATES = {"twin": 1700, "neutral": 11600, "mixed": 5000}
 NEUTRAL_REPORT = "neutral_synthesis.json"
-AUDIO_FOLDER_REPORT = "audio_folder_report.json"
 
 
 def run_precision(hparams, run_opts):
@@ -110,12 +111,12 @@ def transcript_source(hparams):
     if not hparams["pair_maker"].needs_text:
         return None
     if hparams["transcripts"]:
-        path = Path(hparams["transcripts"]).expanduser().resolve()
+        path = Path(hparams["transcripts"]).expanduser()
         if not path.is_file():
             raise DataFolderError(f"--transcripts {hparams['transcripts']}: no such file")
-        return {"source": "file", "path": str(path), "sha256": file_sha256(path)}
+        return file_source(path)
     if hparams["asr_source"]:
-        return {"source": "asr", **transcriber(hparams).identity}
+        return {"source": "asr", "model": transcriber(hparams).identity}
     raise OptionError(
         f"strategy {hparams['strategy']} needs a transcript per utterance of "
         f"{hparams['audio_folder']}: pass --transcripts FILE (CSV/TSV or Kaldi text) or "
@@ -145,32 +146,25 @@ def prepare_data(hparams):
     if not hparams["audio_folder"]:
         return run_on_main(prepare_librispeech_rewire, kwargs={
             **common, "data_folder": hparams["data_folder"], "splits": hparams["splits"]})
-    from audio_folder_prepare import prepare_audio_folder_rewire  # sibling script
-    from rewire_lobes.rewiring.asr_transcripts import transcribe_cached
-
     source = transcript_source(hparams) or {}
-    transcribe = None
+    transcribe = identity = None
     if source.get("source") == "asr":
-        def transcribe(rows):
-            return transcribe_cached(rows, transcriber(hparams),
-                                     Path(hparams["neutral_folder"]) / "transcripts",
-                                     batch_size=hparams["asr_batch_size"])
+        from rewire_lobes.rewiring.asr_transcripts import transcribe_cached
+
+        identity = transcriber(hparams).identity
+        transcribe = functools.partial(
+            transcribe_cached, transcriber=transcriber(hparams),
+            cache_folder=Path(hparams["neutral_folder"]) / "transcripts",
+            batch_size=hparams["asr_batch_size"])
     return run_on_main(prepare_audio_folder_rewire, kwargs={
         **common,
         "audio_folder": hparams["data_folder"],
         "transcripts_file": source.get("path") if source.get("source") == "file" else None,
         "needs_text": hparams["pair_maker"].needs_text,
         "transcribe": transcribe,
-        "transcriber_identity": source if transcribe else None,
+        "transcriber_identity": identity,
     })
 
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dataio_prepare(hparams, csv_path):

@@ -1,0 +1,136 @@
+"""Transcript files of a user's audio folder, and which audio file each line is for.
+
+Formats (:func:`read_transcripts` tells them apart by the first lines):
+
+* tab- or pipe-separated (``|``: LJ Speech's ``metadata.csv``), a header row optional: the
+  key is the column named like ``id``/``path``/``file``/``wav`` (else the first), the text
+  the column named like ``text``/``transcript``/``wrd``/``normalized_text`` (else the last);
+* comma-separated with a header row naming those columns (without one, a comma in a
+  Kaldi transcript could not be told from a delimiter);
+* otherwise Kaldi ``text``: ``<uttid> <words ...>``.
+
+A key is an utterance ID, a file name or stem, or a path (absolute, or relative to the
+audio folder or to the transcript file's folder): :func:`match_transcripts`.
+"""
+
+import csv
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+from rewire_lobes.data.audio_folder import AUDIO_SUFFIXES
+from rewire_lobes.errors import DataFileError
+
+logger = logging.getLogger(__name__)
+
+KEY_COLUMNS = ("id", "utt_id", "uttid", "utterance_id", "utt", "path", "file", "file_name",
+               "filename", "wav", "audio", "audio_path")
+TEXT_COLUMNS = ("text", "transcript", "transcription", "wrd", "words", "sentence",
+                "normalized_text", "normalised_text")
+SNIFFED_LINES = 20
+
+
+def _column(header, names):
+    lowered = [name.strip().lower() for name in header]
+    return next((lowered.index(name) for name in names if name in lowered), None)
+
+
+def _rows(path, lines):
+    """``(line number, key, text)`` of every non-empty line."""
+    sample = [line for line in lines[:SNIFFED_LINES] if line.strip()]
+    delimiter = next((d for d in ("\t", "|", ",") if sample and all(d in s for s in sample)),
+                     None)
+    if delimiter is None:  # Kaldi text
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                key, _, text = line.strip().partition(" ")
+                yield number, key, text
+        return
+    table = list(csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE
+                            if delimiter == "|" else csv.QUOTE_MINIMAL))
+    first = next(i for i, row in enumerate(table) if any(cell.strip() for cell in row))
+    key_at, text_at = _column(table[first], KEY_COLUMNS), _column(table[first], TEXT_COLUMNS)
+    has_header = key_at is not None and text_at is not None
+    if delimiter == "," and not has_header:
+        raise DataFileError(f"{path}: a comma-separated transcript file needs a header row "
+                            f"naming its key column ({', '.join(KEY_COLUMNS[:4])}, ...) and "
+                            f"its text column ({', '.join(TEXT_COLUMNS[:4])}, ...)")
+    key_at, text_at = (key_at, text_at) if has_header else (0, -1)
+    for number, row in enumerate(table[first + has_header:], first + has_header + 1):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) < 2:
+            raise DataFileError(f"{path}:{number}: one column only, expected a key and a text "
+                                f"separated by {delimiter!r}")
+        yield number, row[key_at].strip(), row[text_at]
+
+
+def read_transcripts(path):
+    """``{key: text}`` of a transcript file (text on one line, single spaces)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataFileError(f"{path}: cannot read the transcripts ({err})") from err
+    texts = {}
+    for number, key, text in _rows(path, lines):
+        text = " ".join(text.split())
+        if not key:
+            raise DataFileError(f"{path}:{number}: no key (an utterance ID or a path)")
+        if key in texts and texts[key] != text:
+            raise DataFileError(f"{path}:{number}: {key!r} has a second, different transcript")
+        texts[key] = text
+    if not texts:
+        raise DataFileError(f"{path}: no transcript in it")
+    return texts
+
+
+def _without_audio_suffix(path):
+    return path.with_suffix("") if path.suffix.lower() in AUDIO_SUFFIXES else path
+
+
+def match_transcripts(rows, transcripts, audio_folder, transcripts_path):
+    """``(texts {ID: text}, report)``: each transcript key matched to a scanned row.
+
+    A key matches an ID; else a path (absolute, or relative to the audio folder or to the
+    transcript file's folder), with or without its suffix; else a file name or stem that
+    only one audio file has. A stem that several files share matches none (counted as
+    ``ambiguous``: give a fuller key). The report counts matched and unmatched keys and the
+    rows without a transcript, with a few examples.
+    """
+    root = Path(audio_folder).resolve()
+    ids = {row["ID"] for row in rows}
+    by_stem = defaultdict(list)
+    for uid in ids:
+        by_stem[Path(uid).name].append(uid)
+    bases = (root, Path(transcripts_path).resolve().parent)
+
+    def match(key):
+        if key in ids:
+            return key
+        for base in bases:
+            candidate = _without_audio_suffix(Path(base, key).resolve())
+            if candidate.is_relative_to(root) and candidate.relative_to(root).as_posix() in ids:
+                return candidate.relative_to(root).as_posix()
+        return by_stem.get(_without_audio_suffix(Path(key)).name, [None, None])
+
+    texts, unmatched, ambiguous = {}, [], []
+    for key, text in transcripts.items():
+        found = match(key)
+        if isinstance(found, str):
+            texts[found] = text
+        elif found[0] is None:
+            unmatched.append(key)
+        elif len(found) > 1:
+            ambiguous.append(key)
+        else:
+            texts[found[0]] = text
+    untranscribed = sorted(ids - set(texts))
+    report = {"keys": len(transcripts), "matched": len(texts), "unmatched_keys": len(unmatched),
+              "ambiguous_keys": len(ambiguous), "rows_without_transcript": len(untranscribed),
+              "examples": {"unmatched": unmatched[:5], "ambiguous": ambiguous[:5],
+                           "without_transcript": untranscribed[:5]}}
+    if unmatched or ambiguous:
+        logger.warning("%s: %d keys match no audio file (e.g. %s), %d match several by name "
+                       "(e.g. %s)", transcripts_path, len(unmatched), unmatched[:3],
+                       len(ambiguous), ambiguous[:3])
+    return texts, report
