@@ -1,13 +1,14 @@
 """Transcript files of a user's audio folder, and which audio file each line is for.
 
-Formats (:func:`read_transcripts` tells them apart by the first lines):
+Formats (:func:`read_transcripts` tells them apart by the first line):
 
 * tab- or pipe-separated (``|``: LJ Speech's ``metadata.csv``), a header row optional: the
   key is the column named like ``id``/``path``/``file``/``wav`` (else the first), the text
   the column named like ``text``/``transcript``/``wrd``/``normalized_text`` (else the last);
 * comma-separated with a header row naming those columns (without one, a comma in a
   Kaldi transcript could not be told from a delimiter);
-* otherwise Kaldi ``text``: ``<uttid> <words ...>``.
+* otherwise Kaldi ``text``: ``<uttid> <words ...>`` (a headerless comma-separated file
+  reads as Kaldi lines without a space and fails on its first line).
 
 A key is an utterance ID, a file name or stem, or a path (absolute, or relative to the
 audio folder or to the transcript file's folder): :func:`match_transcripts`.
@@ -27,7 +28,6 @@ KEY_COLUMNS = ("id", "utt_id", "uttid", "utterance_id", "utt", "path", "file", "
                "filename", "wav", "audio", "audio_path")
 TEXT_COLUMNS = ("text", "transcript", "transcription", "wrd", "words", "sentence",
                 "normalized_text", "normalised_text")
-SNIFFED_LINES = 20
 
 
 def _column(header, names):
@@ -37,13 +37,20 @@ def _column(header, names):
 
 def _rows(path, lines):
     """``(line number, key, text)`` of every non-empty line."""
-    sample = [line for line in lines[:SNIFFED_LINES] if line.strip()]
-    delimiter = next((d for d in ("\t", "|", ",") if sample and all(d in s for s in sample)),
-                     None)
+    first_line = next((line for line in lines if line.strip()), "")
+    delimiter = next((d for d in ("\t", "|") if d in first_line), None)
+    header = first_line.split(",")
+    if delimiter is None and None not in (_column(header, KEY_COLUMNS),
+                                          _column(header, TEXT_COLUMNS)):
+        delimiter = ","
     if delimiter is None:  # Kaldi text
         for number, line in enumerate(lines, 1):
             if line.strip():
                 key, _, text = line.strip().partition(" ")
+                if not text.strip():
+                    raise DataFileError(f"{path}:{number}: no text after the key {key!r} (Kaldi "
+                                        "text: '<uttid> <words>'; a CSV needs a header row "
+                                        "naming its key and text columns)")
                 yield number, key, text
         return
     table = list(csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE
@@ -51,10 +58,6 @@ def _rows(path, lines):
     first = next(i for i, row in enumerate(table) if any(cell.strip() for cell in row))
     key_at, text_at = _column(table[first], KEY_COLUMNS), _column(table[first], TEXT_COLUMNS)
     has_header = key_at is not None and text_at is not None
-    if delimiter == "," and not has_header:
-        raise DataFileError(f"{path}: a comma-separated transcript file needs a header row "
-                            f"naming its key column ({', '.join(KEY_COLUMNS[:4])}, ...) and "
-                            f"its text column ({', '.join(TEXT_COLUMNS[:4])}, ...)")
     key_at, text_at = (key_at, text_at) if has_header else (0, -1)
     for number, row in enumerate(table[first + has_header:], first + has_header + 1):
         if not any(cell.strip() for cell in row):
