@@ -32,6 +32,7 @@ def _load(name, path):
 
 prepare = _load("rewire_librispeech_prepare", RECIPE / "librispeech_prepare.py")
 train_script = _load("rewire_train", RECIPE / "train.py")
+NEUTRAL_REPORT = train_script.NEUTRAL_REPORT
 
 
 def make_librispeech(root, transcripts=None, long_utterance=True, seconds=(0.4, 0.9)):
@@ -153,12 +154,12 @@ def _settings(path):
         if line.startswith("#") or not line.strip():
             continue
         key = line.split(":")[0]
-        if key not in ("strategy", "max_steps", "mix"):
+        if key not in ("strategy", "max_steps"):
             lines[len(lines)] = line
     return lines
 
 
-def test_the_four_yamls_differ_only_in_strategy_max_steps_and_mix():
+def test_the_four_yamls_differ_only_in_strategy_and_max_steps():
     twin = _settings(REPO / "hparams" / "twin.yaml")
     for name in ("neutral", "mixed", "perturb"):
         assert twin == _settings(REPO / "hparams" / f"{name}.yaml"), name
@@ -168,7 +169,6 @@ def test_the_four_yamls_differ_only_in_strategy_max_steps_and_mix():
         text = (REPO / "hparams" / f"{name}.yaml").read_text()
         assert f"\nstrategy: {name}\n" in text
         assert f"\nmax_steps: {steps} " in text
-        assert ("\nmix: {twin: 0.5, neutral: 0.5}\n" if name == "mixed" else "\nmix: null\n") in text
     twin_text = (REPO / "hparams" / "twin.yaml").read_text()
     for key in ("output_folder", "data_folder", "upstream_source", "max_steps", "batch_size",
                 "seed", "run_profile", "embedded_profile", "run_identity_keys"):
@@ -435,3 +435,45 @@ def test_neutral_recipe_counts_failed_synthesis_or_stops_over_the_limit(tmp_path
     assert record["data"]["subset_utterances"] == 8, "the subset lists every chosen utterance"
     assert record["neutral_failures"] == {"utterances": 2, "share": 0.25, "texts": 1}
     assert record["hyperparameters"]["max_failed_fraction"] == 0.3
+
+
+@pytest.mark.slow
+def test_perturb_recipe_draws_the_same_pairs_in_every_run(tmp_path, tiny_encoder):
+    """Praat's resynthesis draws from its own generator: seeded per utterance, two runs of
+    Perturb (and a Mixed of Twin and Perturb) give the same loss curve, another seed not."""
+    data = make_librispeech(tmp_path / "LibriSpeech", long_utterance=False)
+    common = ["--data_folder", data, "--upstream_source", tiny_encoder(feat_extract_norm="layer"),
+              "--max_steps", "3"]
+    curves = {}
+    for name, yaml, extra in [("a", "perturb.yaml", []), ("b", "perturb.yaml", []),
+                              ("seed", "perturb.yaml", ["--seed", "7"]),
+                              ("mix", "mixed.yaml", ["--mix", "{twin: 1, perturb: 3}"])]:
+        done = run_recipe(yaml, *common, *extra, "--output_folder", tmp_path / name)
+        assert done.returncode == 0, done.output[-3000:]
+        record = json.loads((tmp_path / name / "upstream" / "rewiring.json").read_text())
+        curves[name] = record["loss_curve"]
+        assert "perturb" in record["hyperparameters"]["mix"]
+    assert curves["a"] == curves["b"] and curves["a"] != curves["seed"]
+    assert record["strategy"] == "mixed" and record["paper_updates"] == 5000
+    assert record["hyperparameters"]["mix"] == {"twin": 0.25, "perturb": 0.75}
+    assert record["hyperparameters"]["perturb"]["perturb_pitch"] == [1.0, 2.0]
+    assert not (tmp_path / "mix" / NEUTRAL_REPORT).exists(), "no TTS without a Neutral weight"
+
+
+@pytest.mark.slow
+@needs_festival
+def test_transcript_hard_negatives_run_and_are_recorded(tmp_path, tiny_encoder):
+    data = make_librispeech(tmp_path / "LibriSpeech", long_utterance=False)
+    common = ["--data_folder", data, "--upstream_source", tiny_encoder(feat_extract_norm="layer"),
+              "--neutral_folder", tmp_path / "neutral", "--max_steps", "2"]
+    plain = run_recipe("twin.yaml", *common, "--output_folder", tmp_path / "plain")
+    hard = run_recipe("twin.yaml", *common, "--output_folder", tmp_path / "hard",
+                      "--hard_negatives", "transcript")
+    assert plain.returncode == 0 and hard.returncode == 0, hard.output[-3000:]
+    records = {name: json.loads((tmp_path / name / "upstream" / "rewiring.json").read_text())
+               for name in ("plain", "hard")}
+    assert records["hard"]["hyperparameters"]["hard_negatives"] == "transcript"
+    assert records["plain"]["hyperparameters"]["hard_negatives"] is None
+    # Same pairs, more candidates in every view's denominator: a larger first loss.
+    assert records["hard"]["loss_curve"][0][1] > records["plain"]["loss_curve"][0][1]
+    assert (tmp_path / "hard" / NEUTRAL_REPORT).exists(), "the negatives' TTS audio"

@@ -128,8 +128,8 @@ class Pair:
 def mix_weights(strategy, mix=None):
     """``{kind: weight}`` (weights summing to 1) of the positive kinds a strategy draws.
 
-    A single-kind strategy draws its own kind; ``mixed`` draws with ``mix`` (default the
-    paper's ``{twin: 0.5, neutral: 0.5}``), normalised.
+    A single-kind strategy draws its own kind; ``mixed`` draws with ``mix`` (``None`` or
+    empty: the paper's ``{twin: 0.5, neutral: 0.5}``), normalised.
 
     Example
     -------
@@ -139,12 +139,12 @@ def mix_weights(strategy, mix=None):
     if strategy not in STRATEGIES:
         raise OptionError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if strategy != "mixed":
-        if mix is not None and dict(mix) != {strategy: 1}:
+        if mix and dict(mix) != {strategy: 1}:
             raise OptionError(f"--mix is for hparams/mixed.yaml; strategy {strategy} draws "
                               f"{strategy} pairs only (got --mix {dict(mix)})")
         return {strategy: 1.0}
-    mix = PAPER_MIX if mix is None else mix
-    if not isinstance(mix, dict) or not mix:
+    mix = PAPER_MIX if mix is None or mix == {} else mix
+    if not isinstance(mix, dict):
         raise OptionError(f"--mix must map kinds ({', '.join(KINDS)}) to weights, got {mix!r}")
     unknown = sorted(set(mix) - set(KINDS))
     bad = [k for k, w in mix.items() if isinstance(w, bool) or not isinstance(w, (int, float))
