@@ -401,6 +401,31 @@ def test_twin_recipe_resumes_and_exports(tmp_path, tiny_encoder):
     assert "lr: 1e-06 -> 0.5" in clash.output and "Traceback" not in clash.output
 
 
+@pytest.mark.slow
+def test_a_run_stopped_at_an_epoch_end_resumes_to_the_uninterrupted_result(tmp_path, tiny_encoder):
+    """Resumed from an end-of-epoch checkpoint, the next epoch draws the same dropout masks
+    as in one run (its random state was saved before that epoch's loader iterator drew)."""
+    data = make_librispeech(tmp_path / "LibriSpeech")
+    common = ["--data_folder", data, "--upstream_source", tiny_encoder(feat_extract_norm="layer"),
+              "--lr", "1e-3"]
+    stopped = run_recipe("twin.yaml", *common, "--output_folder", tmp_path / "resumed",
+                         "--max_steps", "100", "--number_of_epochs", "1")
+    assert stopped.returncode == 0, stopped.output[-3000:]
+    per_epoch = json.loads((tmp_path / "resumed" / "upstream" / "rewiring.json").read_text())["updates"]
+    assert 0 < per_epoch < 100
+
+    records = {}
+    for name in ("resumed", "uninterrupted"):
+        run = run_recipe("twin.yaml", *common, "--output_folder", tmp_path / name,
+                         "--max_steps", str(2 * per_epoch))
+        assert run.returncode == 0, run.output[-3000:]
+        assert (f"Resuming from update {per_epoch}" in run.output) == (name == "resumed")
+        records[name] = json.loads((tmp_path / name / "upstream" / "rewiring.json").read_text())
+    assert records["resumed"]["updates"] == records["uninterrupted"]["updates"] == 2 * per_epoch
+    assert records["resumed"]["loss_curve"] == records["uninterrupted"]["loss_curve"]
+    assert records["resumed"]["content_hash"] == records["uninterrupted"]["content_hash"]
+
+
 needs_festival = pytest.mark.skipif(
     shutil.which("festival") is None, reason="festival is not installed (make system-tools)")
 

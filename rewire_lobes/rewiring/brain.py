@@ -196,10 +196,12 @@ class RewireBrain(sb.Brain):
 
     def on_fit_batch_start(self, batch, should_step):
         if self.checkpointer is not None:
-            self.random_state.apply_recovered()
+            self.random_state.apply_recovered(end_of_epoch=False)
 
     def on_stage_start(self, stage, epoch=None):
         if stage == sb.Stage.TRAIN:
+            if self.checkpointer is not None:
+                self.random_state.apply_recovered(end_of_epoch=True)
             # Masks, halves and Mixed choices are redrawn every epoch (data pipeline).
             self.hparams.pair_maker.epoch = epoch
             self._epoch_start_step = self.optimizer_step

@@ -19,17 +19,22 @@ class RandomState:
     """The global random generators (dropout draws from them), saved with checkpoints.
 
     SpeechBrain does not checkpoint them; without this a resumed run would draw other
-    dropout masks than an uninterrupted one. A recovered state is applied by
-    :meth:`apply_recovered` just before the first batch, because creating the data-loader
-    iterator in between draws from the torch generator. Stored as JSON (no pickle on load).
+    dropout masks than an uninterrupted one. Creating the data loader's iterator draws from
+    the torch generator, so where a recovered state is applied matters: one saved at the end
+    of an epoch was saved before the next epoch's iterator was made, and is applied at the
+    start of the stage; one saved within an epoch was saved after it, and is applied just
+    before the first batch (:meth:`apply_recovered`). Stored as JSON (no pickle on load).
     """
 
     def __init__(self):
         self.recovered = None
+        self.recovered_end_of_epoch = None
 
-    def apply_recovered(self):
-        if self.recovered is None:
-            return
+    def apply_recovered(self, end_of_epoch=None):
+        """Applies the recovered state, if any; with ``end_of_epoch`` True (False), only
+        one from an end-of-epoch (intra-epoch) checkpoint. Returns whether it applied."""
+        if self.recovered is None or end_of_epoch not in (None, self.recovered_end_of_epoch):
+            return False
         state, self.recovered = self.recovered, None
         torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
         if state["cuda"] and torch.cuda.is_available() and (
@@ -42,6 +47,7 @@ class RandomState:
         np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
+        return True
 
     @mark_as_saver
     def _save(self, path):
@@ -58,3 +64,4 @@ class RandomState:
     @mark_as_loader
     def _recover(self, path, end_of_epoch=True):
         self.recovered = json.loads(Path(path).read_text(encoding="utf-8"))
+        self.recovered_end_of_epoch = end_of_epoch
