@@ -20,7 +20,7 @@ from rewire_lobes.data.audio_folder import scan_audio_folder
 from rewire_lobes.data.transcripts import match_transcripts, read_transcripts
 from rewire_lobes.errors import DataFileError, DataFolderError, OptionError
 
-prepare = _load("rewire_audio_folder_prepare", RECIPE / "audio_folder_prepare.py")
+prepare = _load("rewire_own_audio_prepare", RECIPE / "own_audio_prepare.py")
 
 LJSPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "ljspeech_sample"
 needs_ljspeech = pytest.mark.skipif(not LJSPEECH.is_dir(), reason="../shared/data is absent")
@@ -105,8 +105,14 @@ def test_transcript_formats(tmp_path):
     kaldi.write_text("utt1 HELLO, WORLD\n\nutt2 GOOD   MORNING\n")
     assert read_transcripts(kaldi) == {"utt1": "HELLO, WORLD", "utt2": "GOOD MORNING"}
     comma = tmp_path / "c.csv"
-    comma.write_text("ID,wrd\nu1,\"one, two\"\n")
-    assert read_transcripts(comma) == {"u1": "one, two"}
+    comma.write_text("ID,wrd\nu1,\"one, two\"\nu2,three, four,  five\n")
+    assert read_transcripts(comma) == {"u1": "one, two", "u2": "three, four, five"}
+    quoted = tmp_path / "q.csv"  # csv.QUOTE_ALL, Windows line ends
+    quoted.write_text('"path","text"\r\n"a.wav","hi, you"\r\n', newline="")
+    assert read_transcripts(quoted) == {"a.wav": "hi, you"}
+    tabbed = tmp_path / "kaldi_text"
+    tabbed.write_text("utt1 HELLO\nutt2\tGOOD MORNING\n")
+    assert read_transcripts(tabbed) == {"utt1": "HELLO", "utt2": "GOOD MORNING"}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -114,6 +120,8 @@ def test_transcript_formats(tmp_path):
     ("u1,hello\nu2,bye\n", ":1: no text after the key 'u1,hello'"),
     ("id\ttext\nu1\thello\nu1\tbye\n", ":3: 'u1' has a second, different transcript"),
     ("id\ttext\nu1\thello\nu2\n", ":3: one column only"),
+    ("id\ttext\tspeaker\nu1\thello\n", ":2: 2 fields, its header has 3"),
+    ("text,id\nhello, you,u1\n", ":2: 3 fields, its header has 2"),
 ])
 def test_bad_transcript_files_name_the_file_and_line(tmp_path, text, message):
     path = tmp_path / "bad.tsv"
@@ -137,6 +145,8 @@ def test_keys_match_by_id_path_or_a_unique_stem(tmp_path):
     texts, _ = match_transcripts([{"ID": "a/x"}, {"ID": "b/w"}], {"x": "stem", "w.flac": "name"},
                                  root, listing)
     assert texts == {"a/x": "stem", "b/w": "name"}
+    with pytest.raises(DataFileError, match="'a/x' and 'x.wav' are both 'a/x'"):
+        match_transcripts([{"ID": "a/x"}], {"a/x": "one", "x.wav": "two"}, root, listing)
 
 
 # ------------------------------------------------------------------------------ prepare
@@ -175,11 +185,11 @@ def test_prepare_writes_counts_and_reuses_its_manifest(folder, tmp_path, monkeyp
 
 @needs_ljspeech
 def test_prepare_with_an_asr_pass_counts_empty_transcripts(folder, tmp_path):
-    heard = []
+    calls = []
 
     def transcribe(rows):
-        heard.extend(sorted(row["ID"] for row in rows))
-        return {row["ID"]: "" if row["ID"] == heard[0] else f" text  of {row['ID']} "
+        calls.append(sorted(row["ID"] for row in rows))
+        return {row["ID"]: "" if row["ID"] == calls[0][0] else f" text  of {row['ID']} "
                 for row in rows}
 
     out = tmp_path / "asr"
@@ -189,12 +199,27 @@ def test_prepare_with_an_asr_pass_counts_empty_transcripts(folder, tmp_path):
                                                    max_utterances=3)
     with open(csv_path, newline="") as handle:
         rows = {row["ID"]: row["wrd"] for row in csv.DictReader(handle)}
-    assert len(heard) == 3, "only the subset is transcribed"
-    assert heard[0] not in rows, "an empty transcript is skipped"
-    assert all(text == f"text of {uid}" for uid, text in rows.items()) and len(rows) == 2
+    assert [len(ids) for ids in calls] == [3, 1], "the subset, then one to refill the empty one"
+    assert calls[0][0] not in rows, "an empty transcript is skipped"
+    assert all(text == f"text of {uid}" for uid, text in rows.items()) and len(rows) == 3
     report = json.loads((out / "audio_folder_report.json").read_text())
     assert report["skipped_counts"]["empty_transcript"] == 1
+    assert (report["audio_files"], report["utterances"], report["not_in_subset"]) == (7, 3, 0)
     assert report["transcripts"] == {"source": "asr", "model": {"content_hash": "h"}}
+
+    # The files the subset leaves out are counted; when nothing is left the report is
+    # written before the error that names it.
+    prepare.prepare_audio_folder_rewire(folder, tmp_path / "two", needs_text=True,
+                                        transcribe=lambda rows: {r["ID"]: "x" for r in rows},
+                                        transcriber_identity={}, max_utterances=2)
+    report = json.loads((tmp_path / "two" / "audio_folder_report.json").read_text())
+    assert (report["utterances"], report["not_in_subset"], report["max_utterances"]) == (2, 2, 2)
+    with pytest.raises(OptionError, match="no utterance is left") as caught:
+        prepare.prepare_audio_folder_rewire(folder, tmp_path / "mute", needs_text=True,
+                                            transcribe=lambda rows: {}, transcriber_identity={})
+    report = json.loads((tmp_path / "mute" / "audio_folder_report.json").read_text())
+    assert str(tmp_path / "mute" / "audio_folder_report.json") in str(caught.value)
+    assert report["utterances"] == 0 and report["skipped_counts"]["empty_transcript"] == 4
     with pytest.raises(OptionError, match="--transcripts FILE or --asr_source DIR"):
         prepare.prepare_audio_folder_rewire(folder, tmp_path / "none", needs_text=True)
     # Twin needs no text: every usable file, with an empty wrd column.

@@ -2,7 +2,6 @@
 
 import math
 import random
-import time
 import warnings
 from pathlib import Path
 
@@ -91,6 +90,18 @@ def test_peak_level_is_the_input_peak():
     assert float(view.abs().max()) == pytest.approx(float(wav.abs().max()), rel=1e-5)
 
 
+def test_no_slow_offset_is_left_by_the_resynthesis():
+    """Praat's Change gender leaves a wandering offset (5-7 % of the peak on this buzz,
+    formants down, pitch up): filtered out, every tenth of the view has mean ~0."""
+    t = torch.arange(RATE) / RATE
+    wav = 0.3 * sum(torch.sin(2 * math.pi * 120 * k * t) / k for k in range(1, 8))
+    for seed in range(3):
+        view = perturb_speaker(wav, random.Random(seed), formant=[0.8, 1.0], pitch=[1.3, 1.3],
+                               invert=0)
+        tenth_means = view[: len(view) // 10 * 10].reshape(10, -1).mean(dim=1)
+        assert float(tenth_means.abs().max()) < 0.025 * float(view.abs().max()), seed
+
+
 def test_same_seed_same_view_other_seed_other_view():
     wav = vowel(RATE)
     first = perturb_speaker(wav, random.Random(7))
@@ -149,15 +160,3 @@ def test_pair_maker_perturb_pair():
     assert pair.kind == "perturb" and pair.positive.shape == pair.anchor.shape
     assert not torch.equal(pair.positive, pair.anchor)
     assert torch.equal(pair.positive, maker("utt", vowel(12345)).positive)
-
-
-def test_time_per_second_of_audio(capsys):
-    wavs = [speech(f"LJ001-{i:04d}") for i in range(1, 6)]
-    start = time.perf_counter()
-    for seed, wav in enumerate(wavs):
-        perturb_speaker(wav, random.Random(seed))
-    elapsed = time.perf_counter() - start
-    seconds = sum(wav.shape[0] for wav in wavs) / RATE
-    with capsys.disabled():
-        print(f"\nperturb_speaker: {1000 * elapsed / seconds:.1f} ms per second of audio "
-              f"({seconds:.1f} s of LJSpeech, torch threads {torch.get_num_threads()})")

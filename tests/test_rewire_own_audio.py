@@ -82,9 +82,11 @@ def check_nothing_silently_dropped(folder, kept):
 @needs_ljspeech
 def test_twin_rewires_a_folder_of_real_speech_in_no_corpus_layout(own_audio, tmp_path,
                                                                   tiny_encoder):
-    done = run_recipe("twin.yaml", "--audio_folder", own_audio, "--upstream_source",
-                      tiny_encoder(feat_extract_norm="layer"), "--output_root", tmp_path,
-                      *BUDGET)
+    audio = tmp_path / "my audio"  # a copy: this test adds a file to it
+    shutil.copytree(own_audio, audio)
+    command = ["twin.yaml", "--audio_folder", audio, "--upstream_source",
+               tiny_encoder(feat_extract_norm="layer"), "--output_root", tmp_path, *BUDGET]
+    done = run_recipe(*command)
     assert done.returncode == 0, done.output[-3000:]
     folder = run_folder(tmp_path, "twin")
     assert folder.name.startswith("seed_1986_my_audio-")  # never a LibriSpeech run's folder
@@ -97,6 +99,12 @@ def test_twin_rewires_a_folder_of_real_speech_in_no_corpus_layout(own_audio, tmp
     with open(folder / "train.csv", newline="", encoding="utf-8") as handle:
         row = next(r for r in csv.DictReader(handle) if r["ID"] == ids[0])
     assert float(row["duration"]) == pytest.approx(len(load_audio(row["wav"])) / 16000, abs=1e-3)
+
+    # Other files in the folder: another run, refused rather than resumed on other data.
+    shutil.copy(audio / "day1" / f"{CLIPS[0]}.wav", audio / "day1" / "new.wav")
+    changed = run_recipe(*command)
+    assert changed.returncode == 2 and "holds a run with other settings" in changed.output
+    assert "audio_files:" in changed.output
 
 
 @pytest.mark.slow
@@ -149,8 +157,7 @@ def test_without_transcripts_the_asr_text_is_what_the_tts_reads(own_audio, tmp_p
     assert list((tmp_path / "neutral" / "transcripts").glob("*.json")), "the ASR cache"
 
 
-def test_bad_folders_and_missing_transcripts_get_one_line_errors(own_audio, tmp_path,
-                                                                 tiny_encoder):
+def test_bad_folders_and_missing_transcripts_get_one_line_errors(tmp_path, tiny_encoder):
     encoder = ["--upstream_source", tiny_encoder(feat_extract_norm="layer"),
                "--output_root", tmp_path]
 
@@ -169,9 +176,11 @@ def test_bad_folders_and_missing_transcripts_get_one_line_errors(own_audio, tmp_
     silent.mkdir()
     soundfile.write(silent / "quiet.wav", np.zeros(8000), 16000)
     assert_one_line_error(run("twin.yaml", "--audio_folder", silent), "silent")
-    assert_one_line_error(run("mixed.yaml", "--audio_folder", own_audio),
-                          "--transcripts FILE")
-    assert_one_line_error(run("twin.yaml", "--audio_folder", own_audio, "--data_folder",
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    soundfile.write(noise / "hiss.wav", np.random.default_rng(0).normal(0, 0.1, 8000), 16000)
+    assert_one_line_error(run("mixed.yaml", "--audio_folder", noise), "--transcripts FILE")
+    assert_one_line_error(run("twin.yaml", "--audio_folder", noise, "--data_folder",
                               tmp_path), "exclude each other")
     assert_one_line_error(run("mixed.yaml", "--transcripts", tmp_path / "t.csv"),
                           "--transcripts and --asr_source are for --audio_folder")

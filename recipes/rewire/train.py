@@ -2,12 +2,15 @@
 """Contrastive rewiring of a pre-trained speech encoder (Yang et al., 2022).
 
 Rewires any encoder that ``SSLUpstream`` loads with label-free contrastive learning
-(Twin, Neutral or Mixed positive pairs, InfoNCE) and exports it as an encoder directory
-that transformers, s3prl's HF upstream and the SUPERB recipes of this project load.
+(Twin, Neutral, Mixed or Perturb positive pairs, InfoNCE), on LibriSpeech or on any folder
+of audio (``--audio_folder``, with ``--transcripts`` or ``--asr_source`` where text is
+needed), and exports it as an encoder directory that transformers, s3prl's HF upstream and
+the SUPERB recipes of this project load.
 
     python recipes/rewire/train.py hparams/mixed.yaml                  # embedded default
     python recipes/rewire/train.py hparams/mixed.yaml --data_folder /data/LibriSpeech \
         --upstream_source /models/wav2vec2-large-lv60                   # the paper's run
+    python recipes/rewire/train.py hparams/perturb.yaml --audio_folder /my/audio  # own audio
     torchrun --nproc_per_node=4 recipes/rewire/train.py hparams/mixed.yaml ...  # DDP
 
 The profile (``run_profile: auto``) follows the encoder and the data: the embedded
@@ -31,6 +34,7 @@ import sys
 from pathlib import Path
 
 import speechbrain as sb
+import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from rewire_lobes.data.audio import SAMPLE_RATE, load_audio
@@ -47,8 +51,12 @@ from rewire_lobes.runs.cli import (
 )
 from rewire_lobes.runs.defaults import FALLBACK_NAME, is_embedded_encoder
 
-from audio_folder_prepare import REPORT_NAME as AUDIO_FOLDER_REPORT  # isort: skip
-from audio_folder_prepare import file_source, prepare_audio_folder_rewire  # isort: skip
+from own_audio_prepare import REPORT_NAME as AUDIO_FOLDER_REPORT  # isort: skip
+from own_audio_prepare import (  # isort: skip
+    file_source,
+    folder_fingerprint,
+    prepare_audio_folder_rewire,
+)
 from librispeech_prepare import (  # sibling script  # isort: skip
     SUBSET_NAME,
     prepare_librispeech_rewire,
@@ -72,12 +80,16 @@ def run_precision(hparams, run_opts):
 
 
 def identity_extras(hparams, run_opts):
-    """``identity_extras`` for :func:`load_recipe_hparams`: what the yaml keys do not say."""
-    return {
+    """``identity_extras`` for :func:`load_recipe_hparams`: what the yaml keys do not say
+    (an audio folder's files too: a changed folder is another run, never a resumed one)."""
+    extras = {
         "tts_voice": resolve_voice(hparams["tts_backend"], hparams["tts_voice"]),
         "precision": run_precision(hparams, run_opts),
-        "transcripts": transcript_source(hparams),
+        "transcripts": transcript_source(hparams, run_opts.get("device")),
     }
+    if hparams["audio_folder"]:
+        extras["audio_files"] = folder_fingerprint(hparams["data_folder"])
+    return extras
 
 
 def audio_folder_overrides(defaults, given):
@@ -97,9 +109,10 @@ def audio_folder_overrides(defaults, given):
     return {"data_folder": str(path), "data_tag": f"_{name}-{digest}"}
 
 
-def transcript_source(hparams):
+def transcript_source(hparams, device=None):
     """Where the transcripts come from, as recorded (run identity, rewiring.json): the
-    corpus, a file (with its sha256) or an ASR pass (with the model's identity)."""
+    corpus, a file (with its sha256) or an ASR pass (with the model's identity, for which
+    the model is loaded, on ``device`` in the main process and on the CPU elsewhere)."""
     if not hparams["audio_folder"]:
         if hparams["transcripts"] or hparams["asr_source"]:
             raise OptionError("--transcripts and --asr_source are for --audio_folder: "
@@ -109,6 +122,9 @@ def transcript_source(hparams):
         raise OptionError("--transcripts FILE and --asr_source DIR exclude each other: "
                           "pass one of them")
     if not hparams["pair_maker"].needs_text:
+        if hparams["transcripts"] or hparams["asr_source"]:
+            logger.warning("strategy %s without hard negatives reads no text: --transcripts "
+                           "and --asr_source are ignored", hparams["strategy"])
         return None
     if hparams["transcripts"]:
         path = Path(hparams["transcripts"]).expanduser()
@@ -116,7 +132,7 @@ def transcript_source(hparams):
             raise DataFolderError(f"--transcripts {hparams['transcripts']}: no such file")
         return file_source(path)
     if hparams["asr_source"]:
-        return {"source": "asr", "model": transcriber(hparams).identity}
+        return {"source": "asr", "model": transcriber(hparams, device).identity}
     raise OptionError(
         f"strategy {hparams['strategy']} needs a transcript per utterance of "
         f"{hparams['audio_folder']}: pass --transcripts FILE (CSV/TSV or Kaldi text) or "
@@ -131,39 +147,48 @@ def _load_transcriber(source, device):
     return load_transcriber(source, device=device)
 
 
-def transcriber(hparams):
-    """The ASR model of ``--asr_source`` (loaded once per process)."""
-    device = hparams.get("device") or sb.utils.distributed.infer_device()
+def transcriber(hparams, device=None):
+    """The ASR model of ``--asr_source``, loaded once per process (until the prepare step
+    is done with it): on ``device`` (the run's) in the main process, which transcribes, and
+    on the CPU in the others, which only need its identity."""
+    if not if_main_process():
+        device = "cpu"
+    device = device or sb.utils.distributed.infer_device()
     return _load_transcriber(str(Path(hparams["asr_source"]).expanduser()), str(device))
 
 
-def prepare_data(hparams):
+def prepare_data(hparams, device=None):
     """The prepare step: LibriSpeech's manifest, or the audio folder's (with the
-    transcripts of a file or of an ASR pass); returns the manifest's path."""
+    transcripts of a file or of an ASR pass); returns the manifest's path. The ASR model
+    is let go afterwards, so that it holds no memory during training."""
     common = {key: hparams[key] for key in (
         "max_samples", "max_utterances", "seed", "subset", "skip_prep")}
     common["save_folder"] = hparams["output_folder"]
     if not hparams["audio_folder"]:
         return run_on_main(prepare_librispeech_rewire, kwargs={
             **common, "data_folder": hparams["data_folder"], "splits": hparams["splits"]})
-    source = transcript_source(hparams) or {}
-    transcribe = identity = None
-    if source.get("source") == "asr":
+    source = hparams["run_identity"]["transcripts"] or {}
+    transcribe = None
+    if source.get("source") == "asr" and if_main_process():
         from rewire_lobes.rewiring.asr_transcripts import transcribe_cached
 
-        identity = transcriber(hparams).identity
         transcribe = functools.partial(
-            transcribe_cached, transcriber=transcriber(hparams),
+            transcribe_cached, transcriber=transcriber(hparams, device),
             cache_folder=Path(hparams["neutral_folder"]) / "transcripts",
             batch_size=hparams["asr_batch_size"])
-    return run_on_main(prepare_audio_folder_rewire, kwargs={
-        **common,
-        "audio_folder": hparams["data_folder"],
-        "transcripts_file": source.get("path") if source.get("source") == "file" else None,
-        "needs_text": hparams["pair_maker"].needs_text,
-        "transcribe": transcribe,
-        "transcriber_identity": identity,
-    })
+    try:
+        return run_on_main(prepare_audio_folder_rewire, kwargs={
+            **common,
+            "audio_folder": hparams["data_folder"],
+            "transcripts_file": source.get("path") if source.get("source") == "file" else None,
+            "needs_text": hparams["pair_maker"].needs_text,
+            "transcribe": transcribe,
+            "transcriber_identity": source.get("model"),
+        })
+    finally:
+        _load_transcriber.cache_clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 
@@ -260,7 +285,7 @@ def export_record(hparams, brain, csv_path, utterances):
             "manifest": str(Path(csv_path).resolve()),
             "corpus": "audio_folder" if hparams["audio_folder"] else "librispeech",
             "splits": None if hparams["audio_folder"] else list(hparams["splits"]),
-            "transcripts": transcript_source(hparams),
+            "transcripts": hparams["run_identity"]["transcripts"],
             # The audio folder's skipped files (unreadable, silent, too long, without a
             # transcript), counted and named by the prepare step.
             "audio_folder_report": audio_folder_report(hparams),
@@ -310,7 +335,7 @@ def main(argv):
                        "that the pipeline works, not what rewiring does.", source)
 
     csv_path = Path(hparams["output_folder"]) / "train.csv"
-    prepare_data(hparams)
+    prepare_data(hparams, run_opts.get("device"))
     if hparams["pair_maker"].needs_neutral:
         from synthesize_neutral import ensure_neutral_audio  # noqa: E402 (sibling script)
 

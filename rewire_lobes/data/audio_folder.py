@@ -87,9 +87,10 @@ def utterance_id(path, root):
 
 @dataclass
 class FolderScan:
-    """The usable files (``rows``) and the skipped ones, by reason."""
+    """The usable files (``rows``) and the skipped ones, by reason, of ``files`` found."""
 
     rows: list
+    files: int = 0
     skipped: dict = field(default_factory=lambda: {reason: [] for reason in SKIP_REASONS})
 
     def skip(self, reason, path, why):
@@ -115,7 +116,7 @@ def scan_audio_folder(folder, max_samples=180_000, silence_peak=SILENCE_PEAK):
     if not files:
         raise DataFolderError(f"{folder}: no audio file ({', '.join(AUDIO_SUFFIXES)}) in it "
                               "or in its subfolders")
-    scan, seen = FolderScan([]), {}
+    scan, seen = FolderScan([], files=len(files)), {}
     for path in files:
         uid = utterance_id(path, root)
         if uid in seen:

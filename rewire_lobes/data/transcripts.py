@@ -6,7 +6,8 @@ Formats (:func:`read_transcripts` tells them apart by the first line):
   key is the column named like ``id``/``path``/``file``/``wav`` (else the first), the text
   the column named like ``text``/``transcript``/``wrd``/``normalized_text`` (else the last);
 * comma-separated with a header row naming those columns (without one, a comma in a
-  Kaldi transcript could not be told from a delimiter);
+  Kaldi transcript could not be told from a delimiter); when the text is the last column,
+  unquoted commas in it are kept as text;
 * otherwise Kaldi ``text``: ``<uttid> <words ...>`` (a headerless comma-separated file
   reads as Kaldi lines without a space and fails on its first line).
 
@@ -39,14 +40,14 @@ def _rows(path, lines):
     """``(line number, key, text)`` of every non-empty line."""
     first_line = next((line for line in lines if line.strip()), "")
     delimiter = next((d for d in ("\t", "|") if d in first_line), None)
-    header = first_line.split(",")
+    header = next(csv.reader([first_line]), [])
     if delimiter is None and None not in (_column(header, KEY_COLUMNS),
                                           _column(header, TEXT_COLUMNS)):
         delimiter = ","
     if delimiter is None:  # Kaldi text
         for number, line in enumerate(lines, 1):
             if line.strip():
-                key, _, text = line.strip().partition(" ")
+                key, text = (line.split(None, 1) + [""])[:2]
                 if not text.strip():
                     raise DataFileError(f"{path}:{number}: no text after the key {key!r} (Kaldi "
                                         "text: '<uttid> <words>'; a CSV needs a header row "
@@ -59,12 +60,19 @@ def _rows(path, lines):
     key_at, text_at = _column(table[first], KEY_COLUMNS), _column(table[first], TEXT_COLUMNS)
     has_header = key_at is not None and text_at is not None
     key_at, text_at = (key_at, text_at) if has_header else (0, -1)
+    columns = len(table[first])
+    text_is_last = text_at in (-1, columns - 1)
     for number, row in enumerate(table[first + has_header:], first + has_header + 1):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) < 2:
             raise DataFileError(f"{path}:{number}: one column only, expected a key and a text "
                                 f"separated by {delimiter!r}")
+        if has_header and len(row) != columns:
+            if not (delimiter == "," and text_is_last and len(row) > columns):
+                raise DataFileError(f"{path}:{number}: {len(row)} fields, its header has "
+                                    f"{columns}")
+            row = row[:columns - 1] + [",".join(row[columns - 1:])]
         yield number, row[key_at].strip(), row[text_at]
 
 
@@ -116,17 +124,21 @@ def match_transcripts(rows, transcripts, audio_folder, transcripts_path):
                 return candidate.relative_to(root).as_posix()
         return by_stem.get(_without_audio_suffix(Path(key)).name, [None, None])
 
-    texts, unmatched, ambiguous = {}, [], []
+    texts, keys, unmatched, ambiguous = {}, {}, [], []
     for key, text in transcripts.items():
         found = match(key)
-        if isinstance(found, str):
-            texts[found] = text
-        elif found[0] is None:
-            unmatched.append(key)
-        elif len(found) > 1:
-            ambiguous.append(key)
-        else:
-            texts[found[0]] = text
+        if not isinstance(found, str):
+            if found[0] is None:
+                unmatched.append(key)
+                continue
+            if len(found) > 1:
+                ambiguous.append(key)
+                continue
+            found = found[0]
+        if found in texts and texts[found] != text:
+            raise DataFileError(f"{transcripts_path}: {keys[found]!r} and {key!r} are both "
+                                f"{found!r}, with different transcripts")
+        texts[found], keys[found] = text, key
     untranscribed = sorted(ids - set(texts))
     report = {"keys": len(transcripts), "matched": len(texts), "unmatched_keys": len(unmatched),
               "ambiguous_keys": len(ambiguous), "rows_without_transcript": len(untranscribed),

@@ -21,11 +21,15 @@ from dataclasses import dataclass, fields
 import numpy as np
 import parselmouth
 import torch
+import torchaudio
 
 from rewire_lobes.data.audio import SAMPLE_RATE
 from rewire_lobes.errors import OptionError
 
 RATIO_RANGES = ("formant", "pitch", "pitch_range")
+# Praat's resynthesis can leave a slow offset (a few % of full scale, below any voice's
+# f0); it is filtered out before the peak is matched, or it would take the speech's share.
+OFFSET_CUTOFF_HZ = 20.0
 
 
 def _numbers(values, count):
@@ -148,15 +152,16 @@ class SpeakerPerturbation:
                                                  _median(f0) * pitch, pitch_range, 1.0)
             except parselmouth.PraatError:
                 return wav.detach().clone().float()
-        values = changed.values[0][: wav.shape[-1]]
-        view = np.zeros(wav.shape[-1])
-        view[: values.shape[0]] = values
-        peak, input_peak = np.abs(view).max(initial=0.0), float(wav.abs().max())
-        if not np.isfinite(peak):
+        values = torch.from_numpy(changed.values[0][: wav.shape[-1]])
+        if not torch.isfinite(values).all():
             return wav.detach().clone().float()
+        view = torch.zeros(wav.shape[-1], dtype=torch.float64)
+        view[: values.shape[0]] = torchaudio.functional.highpass_biquad(
+            values, sample_rate, OFFSET_CUTOFF_HZ)
+        peak, input_peak = float(view.abs().max()), float(wav.abs().max())
         if peak > 0:
             view *= input_peak / peak
-        return torch.from_numpy(view.astype(np.float32))
+        return view.float()
 
 
 def perturb_speaker(wav, rng, sample_rate=SAMPLE_RATE, **ranges):

@@ -8,17 +8,20 @@ duration, wav, spk_id, wrd``), ``rewiring_subset.txt`` and ``audio_folder_report
    (over ``max_samples`` at 16 kHz, the paper's rule) are skipped;
 2. with ``transcripts_file``, its texts (``rewire_lobes.data.transcripts``); when text is
    needed (Neutral pairs, transcript hard negatives) a file with none is skipped;
-3. the ``max_utterances`` kept by the ``subset`` rule, as for LibriSpeech;
+3. the ``max_utterances`` kept by the ``subset`` rule, as for LibriSpeech (the others are
+   counted as ``not_in_subset``);
 4. when text is needed and no file gave it, ``transcribe(rows) -> {ID: text}`` (an ASR
-   pass) on the subset; an empty text is skipped.
+   pass) on the subset; an empty text is skipped and its place refilled by the rule from
+   the files not yet transcribed.
 
-Every skip is logged, counted and named in the report, which ``rewiring.json`` copies.
+Every skip is logged, counted and named in the report, which ``rewiring.json`` copies
+(written also when no utterance is left, before the error that points to it).
 Idempotent: a rerun with the same options, the same transcript file and ASR model, and the
 same files (names, sizes, modification times) reuses the manifest.
 
 Example
 -------
-python recipes/rewire/audio_folder_prepare.py --audio_folder /my/audio \
+python recipes/rewire/own_audio_prepare.py --audio_folder /my/audio \
     --save_folder results/rewire/manifest --transcripts /my/audio/metadata.csv
 
 Authors
@@ -68,6 +71,24 @@ def keep_with_text(rows, scan, reason, why):
             kept.append(row)
         else:
             scan.skip(reason, row["wav"], why)
+    return kept
+
+
+def select_transcribed(rows, max_utterances, subset, seed, transcribe, scan):
+    """The subset of ``rows`` by the ``subset`` rule, transcribed by ``transcribe``: a row
+    with an empty text is skipped and its place refilled from the rows not yet tried."""
+    kept, untried = [], list(rows)
+    while untried:
+        wanted = None if max_utterances is None else int(max_utterances) - len(kept)
+        if wanted == 0:
+            break
+        chosen = select_subset(untried, wanted, subset, seed)
+        chosen_ids = {row["ID"] for row in chosen}
+        untried = [row for row in untried if row["ID"] not in chosen_ids]
+        texts = transcribe(chosen)
+        for row in chosen:
+            row["wrd"] = " ".join(str(texts.get(row["ID"]) or "").split())
+        kept += keep_with_text(chosen, scan, "empty_transcript", "the ASR pass gave no text")
     return kept
 
 
@@ -152,18 +173,29 @@ def prepare_audio_folder_rewire(
         if needs_text:
             rows = keep_with_text(rows, scan, "no_transcript",
                                   f"no transcript in {transcripts_file}")
-    rows = select_subset(rows, max_utterances, subset, seed)
+    candidates = len(rows)
     if needs_text and transcripts_file is None:
-        texts = transcribe(rows)
-        for row in rows:
-            row["wrd"] = " ".join(str(texts.get(row["ID"]) or "").split())
-        rows = keep_with_text(rows, scan, "empty_transcript", "the ASR pass gave no text")
+        rows = select_transcribed(rows, max_utterances, subset, seed, transcribe, scan)
+    else:
+        rows = select_subset(rows, max_utterances, subset, seed)
+    save_folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(save_folder / REPORT_NAME, {
+        "audio_folder": options["audio_folder"],
+        "audio_files": scan.files,
+        "utterances": len(rows),
+        "max_utterances": options["max_utterances"],
+        "subset": subset,
+        "not_in_subset": candidates - len(rows) - scan.counts().get("empty_transcript", 0),
+        "skipped_counts": scan.counts(),
+        "skipped": scan.skipped,
+        "transcripts": source,
+        "transcript_matching": match_report,
+    })
     if not rows:
         raise OptionError(f"{audio_folder}: no utterance is left to rewire on "
                           f"(skipped: {scan.counts()}); {save_folder / REPORT_NAME} names them")
     rows.sort(key=lambda row: row["ID"])
 
-    save_folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(csv_path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore",
@@ -171,14 +203,6 @@ def prepare_audio_folder_rewire(
             writer.writeheader()
             writer.writerows(rows)
     write_text_atomic(save_folder / SUBSET_NAME, "".join(f"{row['ID']}\n" for row in rows))
-    write_json_atomic(save_folder / REPORT_NAME, {
-        "audio_folder": options["audio_folder"],
-        "utterances": len(rows),
-        "skipped_counts": scan.counts(),
-        "skipped": scan.skipped,
-        "transcripts": source,
-        "transcript_matching": match_report,
-    })
     write_json_atomic(options_file, options)
     logger.info("Wrote %s: %d utterances of %s (skipped: %s)", csv_path, len(rows),
                 audio_folder, scan.counts())
