@@ -378,8 +378,9 @@ def test_grad_cache_equals_one_full_batch_backward_group_norm(tiny_encoder):
         assert torch.allclose(cached[name], plain[name], atol=1e-5, rtol=1e-3), name
 
 
+@pytest.mark.parametrize("chunk_size", [1, 3])  # 1: the recipe's forward_chunk_size on a CPU
 @pytest.mark.parametrize("norm", ["layer", "group"])
-def test_chunked_encoding_equals_one_pass_without_dropout(tiny_encoder, norm):
+def test_chunked_encoding_equals_one_pass_without_dropout(tiny_encoder, norm, chunk_size):
     upstream = _tiny_upstream(tiny_encoder(feat_extract_norm=norm), dropout=0.0)
     upstream.eval()
 
@@ -389,7 +390,7 @@ def test_chunked_encoding_equals_one_pass_without_dropout(tiny_encoder, norm):
 
     with torch.no_grad():
         whole = encode_views(encode, _views())
-        chunked = encode_views(encode, _views(), chunk_size=3)
+        chunked = encode_views(encode, _views(), chunk_size=chunk_size)
     assert torch.allclose(whole, chunked, atol=1e-5)
 
 

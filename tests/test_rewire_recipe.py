@@ -201,6 +201,8 @@ def test_a_real_run_gets_the_papers_values_with_no_flag(tmp_path, tiny_encoder, 
     identity = json.loads((tmp_path / "run" / "run_identity.json").read_text())
     assert identity["run_profile"] == "paper" and identity["lr"] == 1e-6
     assert identity["tts_voice"] == "kal_diphone" and identity["precision"] == "fp32"
+    # On a CPU the views go through the encoder one at a time (faster there), on CUDA in one.
+    assert identity["forward_chunk_size"] == hparams["forward_chunk_size"] == 1
     assert "max_steps" not in identity
     for key in ("encoder_masking", "bucket_batches", "grad_cache_chunk_size",
                 "gradient_checkpointing", "subset", "freeze_feature_encoder",
@@ -238,6 +240,10 @@ def test_a_rerun_with_other_settings_is_refused_naming_them(tmp_path, tiny_encod
         load("twin.yaml", *common, "--bucket_batches", 16)
     with pytest.raises(RunFolderError, match="subset"):
         load("twin.yaml", *common, "--subset", "random")
+    with pytest.raises(RunFolderError, match="forward_chunk_size: 1 -> None"):
+        load("twin.yaml", *common, "--forward_chunk_size", "null")
+    with pytest.raises(UserError, match="--forward_chunk_size must be auto, null or a positive"):
+        load("twin.yaml", *common, "--forward_chunk_size", 0)
 
 
 def test_random_batches_by_default_length_buckets_as_an_option():

@@ -36,6 +36,7 @@ from rewire_lobes.downstream.heads import UtteranceLevelHead
 from rewire_lobes.data.manifests import write_manifest
 from rewire_lobes.upstream.encoder import SSLUpstream, WeightedLayerSum, describe_encoder, save_random_encoder
 from rewire_lobes.downstream.dataio import audio_pipeline
+from rewire_lobes.grid.throughput import device_peak, encoder_fits, model_flops
 
 
 def parse_args(argv):
@@ -121,6 +122,9 @@ def main(argv):
         work.mkdir(parents=True, exist_ok=True)
         source = pick_encoder(args, work)
         upstream = SSLUpstream(source).to(device)
+        extraction_fit = encoder_fits(upstream.config, modes=("forward",))["forward"]
+        peak, peak_basis = device_peak(device, torch.bfloat16 if device.type == "cuda"
+                                       else torch.float32)
         dataset = write_clips(work, args.clips)
         wavs = torch.stack([dataset[i]["sig"] for i in range(len(dataset))])
         ids = [dataset[i]["id"] for i in range(len(dataset))]
@@ -176,6 +180,14 @@ def main(argv):
         # One-off cost of the cache; the on-the-fly loop pays about
         # 1 / (updates_per_s * batch_size) seconds per clip at every update.
         "extraction_seconds_per_clip": round(extraction / len(ids), 4),
+        # Model FLOPs of the extraction (forward, counted on the encoder's config; every
+        # clip is 1 s, so nothing is padded) per second of it, and against the peak.
+        "extraction_model_gflop_per_s": round(
+            model_flops(extraction_fit, [16000] * len(ids)) / extraction / 1e9, 2),
+        "extraction_mfu": round(model_flops(extraction_fit, [16000] * len(ids))
+                                / extraction / peak, 4),
+        "peak_gflop_per_s": round(peak / 1e9, 1),
+        "peak_basis": peak_basis,
     }
     print(json.dumps(figures, indent=2))
     if args.output:

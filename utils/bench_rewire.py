@@ -13,27 +13,33 @@ Variants, all on the same encoder and the same utterances (Twin pairs, so no TTS
 
 Each variant runs in its own process (peak memory = that process's high-water mark:
 ``ru_maxrss`` on CPU, ``torch.cuda.max_memory_allocated`` on GPU); after one warm-up
-update it times ``--updates`` updates. Reported: updates/s, pairs/s (utterances/s), peak
-memory and its rise over the loaded model and data. ``--tts`` also times the neutral
-TTS: one ``text2wave`` process per utterance (the paper's loop) against our long-lived
-Festival workers.
+update it times ``--updates`` updates. ``--repeats`` runs every variant that many times,
+in ABBA order (reversed on every other repeat) so that drift in the machine's load hits
+each variant; the 1-minute load average is recorded around every run. Reported, as median
+(min-max) over the repeats: updates/s, pairs/s, seconds of view audio per second, the
+per-repeat ratio to the paper's loop, peak memory and its rise over the loaded model and
+data, the padding share, and model FLOPs (each view at its own length, every parameter
+trained, counted with ``FlopCounterMode`` on the encoder's config:
+``rewire_lobes.grid.throughput``) per update, per second and as MFU against the device's
+peak (a listed GPU's datasheet bf16 figure, else a measured matrix product). ``--tts``
+also times the neutral TTS: one ``text2wave`` process per utterance (the paper's loop)
+against our long-lived Festival workers.
 
 CPU (default): the embedded encoder (``assets/encoder``, or its random stand-in) and the
 mini LibriSpeech corpus. GPU (when CUDA is available): a randomly initialised
 wav2vec2-large-lv60-shaped encoder (24 layers, 1024 wide) in bf16 autocast.
 
-``--padding_cost`` measures instead what exact padding costs (``SSLUpstream``'s
-``exact_padding``, default on): in one process, the ``batched`` update (forward and
-backward of 2B = 8 views, the recipe's settings: dropout 0.1, CNN trained) with
-``exact_padding=False`` and ``True``, on the same batches with the same dropout masks,
-``--repeats`` times each, interleaved (ABBA) so that drift in the machine's load hits
-both; the load average is recorded around every repeat. Its encoder defaults to
-``assets/encoder`` on every device, since exact padding changes only group-norm and
-data2vec-audio encoders.
+``--modes`` times instead, in one process on the same batches of 4 Twin pairs (forward
+and backward, the recipe's settings: dropout 0.1, CNN trained; the same dropout masks in
+every mode), ways of encoding the 2B views against the first one given: one at a time
+(the paper's), one padded pass, one padded pass without exact padding, similar-length
+groups of 2 or 4, or one pass of views cropped to the batch's shortest (no padding:
+batching alone). ``--padding_cost`` is ``--modes one_pass_inexact one_pass`` on
+``assets/encoder``.
 
-    python utils/bench_rewire.py                      # CPU, writes results/bench/rewire_cpu.json
-    python utils/bench_rewire.py --tts --with_plain64
-    python utils/bench_rewire.py --padding_cost       # writes rewire_padding_cpu.json
+    python utils/bench_rewire.py --updates 4 --repeats 3 --tts   # writes results/bench/rewire_cpu.json
+    python utils/bench_rewire.py --modes one_at_a_time one_pass groups_of_2 one_pass_cropped
+    python utils/bench_rewire.py --padding_cost       # writes rewire_modes_cpu.json
 """
 
 import argparse
@@ -61,6 +67,21 @@ VARIANTS = {
 }
 
 
+# How each in-process mode encodes the 2B views of an update: (exact_padding, chunk_size,
+# crop). chunk_size None: one padded pass; k: similar-length groups of k views (1 = the
+# paper's one at a time); crop: every view cut to the batch's shortest (no padding at all,
+# other audio: compare audio seconds per second).
+MODES = {
+    "one_at_a_time": (True, 1, False),
+    "one_pass": (True, None, False),
+    "one_pass_inexact": (False, None, False),
+    "groups_of_2": (True, 2, False),
+    "groups_of_4": (True, 4, False),
+    "one_pass_cropped": (True, None, True),
+}
+PADDING_COST_MODES = ["one_pass_inexact", "one_pass"]
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
@@ -75,10 +96,13 @@ def parse_args(argv):
     parser.add_argument("--with_plain64", action="store_true")
     parser.add_argument("--tts", action="store_true", help="also time the neutral TTS")
     parser.add_argument("--tts_utterances", type=int, default=40)
+    parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=None,
+                        help="time these ways of encoding a batch against the first, in this "
+                             "process (e.g. one_at_a_time one_pass groups_of_2)")
     parser.add_argument("--padding_cost", action="store_true",
-                        help="only time exact_padding=False against True, in this process")
+                        help="--modes " + " ".join(PADDING_COST_MODES))
     parser.add_argument("--repeats", type=int, default=3,
-                        help="timed repeats of each padding mode (--padding_cost)")
+                        help="timed repeats of each mode or variant, interleaved")
     parser.add_argument("--output", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work_dir", default=None, help=argparse.SUPPRESS)
@@ -127,16 +151,17 @@ def synchronize(device):
 def run_variant(args):
     import torch
 
+    from rewire_lobes.grid.throughput import padding_share
     from rewire_lobes.rewiring.contrastive import (
-        encode_views, grad_cache_backward, info_nce, pad_views, pool_utterances)
-    from rewire_lobes.upstream.encoder import trainable_parameters
-    from rewire_lobes.upstream.encoder import SSLUpstream
+        chunk_order, encode_views, grad_cache_backward, info_nce, pad_views, pool_utterances)
+    from rewire_lobes.upstream.encoder import SSLUpstream, trainable_parameters
 
     pairs, mode = VARIANTS[args.worker]
     updates = args.updates if pairs <= 4 else args.big_updates
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    upstream = SSLUpstream(args.upstream_source, freeze=False, dropout=0.1).to(device)
+    upstream = SSLUpstream(args.upstream_source, freeze=False, dropout=0.1,
+                           freeze_feature_encoder=False).to(device)
     upstream.train()
     optimizer = torch.optim.AdamW(trainable_parameters(upstream), lr=1e-6, weight_decay=0.01)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
@@ -183,6 +208,14 @@ def run_variant(args):
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     audio = sum(v.shape[-1] for views in batches[1:] for v in views) / 16000
+    view_samples = [[v.shape[-1] for v in views] for views in batches[1:]]
+    if mode == "one_at_a_time":
+        groups = [[n] for lengths in view_samples for n in lengths]
+    elif mode == "one_pass":
+        groups = view_samples
+    else:
+        groups = [[lengths[i] for i in chunk] for lengths in view_samples
+                  for chunk in chunk_order(lengths, args.chunk_size)]
     return {
         "variant": args.worker,
         "pairs_per_update": pairs,
@@ -194,6 +227,8 @@ def run_variant(args):
         "peak_memory_mb": peak / 2**20,
         "peak_rise_mb": (peak - baseline) / 2**20,
         "view_audio_s_per_update": audio / updates,
+        "view_samples": view_samples,
+        "padding_share": padding_share(groups),
         "final_loss": losses[-1],
         "memory_kind": "cuda max_memory_allocated" if cuda else "process ru_maxrss",
     }
@@ -202,102 +237,151 @@ def run_variant(args):
 # ---------------------------------------------------------------------------- padding cost
 
 
-def time_padding_cost(args, source, work_dir):
-    """Seconds per update with ``exact_padding`` off and on: same process, same batches."""
+
+
+def interleaved_runs(modes, run, repeats, device):
+    """Runs ``run(mode)`` for every mode, ``repeats`` times, in ABBA order (reversed on odd
+    repeats) so that drift in the machine's load hits every mode; times each run (wall and
+    CPU) and records the load average around it."""
+    runs = []
+    for repeat in range(repeats):
+        for mode in modes if repeat % 2 == 0 else modes[::-1]:
+            load_before = os.getloadavg()
+            synchronize(device)
+            start, cpu_start = time.perf_counter(), time.process_time()
+            output = run(mode)
+            synchronize(device)
+            runs.append({"mode": mode, "repeat": repeat, "seconds": time.perf_counter() - start,
+                         "cpu_seconds": time.process_time() - cpu_start,
+                         "load_before": load_before, "load_after": os.getloadavg(), **output})
+    return runs
+
+
+def spread(values):
     import statistics
 
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def paired_ratios(runs, modes, key, baseline):
+    """Per mode: the spread of ``run[key] / baseline's run[key]`` over the repeats."""
+    by_repeat = {(r["mode"], r["repeat"]): r[key] for r in runs}
+    repeats = sorted({r["repeat"] for r in runs})
+    return {mode: spread([by_repeat[mode, i] / by_repeat[baseline, i] for i in repeats])
+            for mode in modes}
+
+
+def time_modes(args, source, work_dir, modes):
+    """Forward and backward of the same batches of 4 Twin pairs in each of ``modes`` (one
+    process, the recipe's settings: dropout 0.1, CNN trained; no optimizer step, so every
+    mode keeps the same weights; reseeded per batch, so the dropout masks match)."""
     import torch
 
-    from rewire_lobes.upstream.encoder import trainable_parameters
-    from rewire_lobes.rewiring.contrastive import encode_views, info_nce, pool_utterances
-    from rewire_lobes.upstream.encoder import SSLUpstream
+    from rewire_lobes.grid.throughput import padding_share
+    from rewire_lobes.rewiring.contrastive import (
+        chunk_order, encode_views, info_nce, pool_utterances)
+    from rewire_lobes.upstream.encoder import SSLUpstream, trainable_parameters
 
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     upstreams = {}
-    for exact in (False, True):
+    for exact in sorted({MODES[mode][0] for mode in modes}):
         upstream = SSLUpstream(source, freeze=False, dropout=0.1, freeze_feature_encoder=False,
                                exact_padding=exact).to(device).train()
         trainable_parameters(upstream)
         upstreams[exact] = upstream
     batches = load_views(work_dir, 4, args.updates + 1, device)
 
-    def update(upstream, views, seed):
-        """Forward and backward; no optimizer step, so both modes keep the same weights."""
-        torch.manual_seed(seed)  # the same dropout masks in both modes
+    def views_of(mode, views):
+        if not MODES[mode][2]:
+            return views
+        shortest = min(v.shape[-1] for v in views)
+        return [v[:shortest] for v in views]
+
+    def update(mode, views, seed):
+        exact, chunk_size, _ = MODES[mode]
+        upstream = upstreams[exact]
+        torch.manual_seed(seed)
 
         def encode(wavs, rel_lens):
             with autocast:
                 hidden, frame_lens = upstream(wavs, rel_lens)
                 return pool_utterances(hidden, frame_lens)
 
-        embeddings = encode_views(encode, views)
+        embeddings = encode_views(encode, views, chunk_size)
         half = len(views) // 2
         loss = info_nce(embeddings[:half], embeddings[half:])
         loss.backward()
         upstream.zero_grad(set_to_none=True)
         return loss.item()
 
-    for upstream in upstreams.values():
-        update(upstream, batches[0], seed=0)  # warm-up
-    runs, losses = [], {}
-    for repeat in range(args.repeats):
-        for exact in (False, True) if repeat % 2 == 0 else (True, False):
-            load_before = os.getloadavg()
-            synchronize(device)
-            start, cpu_start = time.perf_counter(), time.process_time()
-            losses[exact] = [update(upstreams[exact], views, seed=index)
-                             for index, views in enumerate(batches[1:], start=1)]
-            synchronize(device)
-            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-            runs.append({"exact_padding": exact, "repeat": repeat,
-                         "seconds_per_update": seconds / args.updates,
-                         "cpu_seconds_per_update": cpu_seconds / args.updates,
-                         "load_before": load_before, "load_after": os.getloadavg()})
-    # CPU time as well as wall time: on a shared machine it is the steadier of the two.
-    summary, ratios = {}, {}
-    for clock in ("seconds_per_update", "cpu_seconds_per_update"):
-        for exact in (False, True):
-            per_update = [r[clock] for r in runs if r["exact_padding"] == exact]
-            summary.setdefault(str(exact), {})[clock] = {
-                "median": statistics.median(per_update), "min": min(per_update),
-                "max": max(per_update)}
-        pairs = [(plain[clock], exact[clock]) for plain, exact in
-                 zip([r for r in runs if not r["exact_padding"]],
-                     [r for r in runs if r["exact_padding"]])]
-        per_repeat = [exact / plain for plain, exact in pairs]
-        ratios[clock] = {"median": statistics.median(per_repeat), "min": min(per_repeat),
-                         "max": max(per_repeat)}
-    valid = sum(v.shape[-1] for views in batches[1:] for v in views)
-    padded = sum(len(views) * max(v.shape[-1] for v in views) for views in batches[1:])
+    shapes = {mode: [views_of(mode, views) for views in batches[1:]] for mode in modes}
+
+    def run(mode):
+        losses = [update(mode, views, seed=index)
+                  for index, views in enumerate(shapes[mode], start=1)]
+        return {"losses": losses}
+
+    for mode in modes:
+        update(mode, views_of(mode, batches[0]), seed=0)  # warm-up
+    runs = interleaved_runs(modes, run, args.repeats, device)
+    audio = {mode: sum(v.shape[-1] for views in shapes[mode] for v in views) / 16000
+             for mode in modes}
+    for r in runs:
+        r["seconds_per_update"] = r["seconds"] / args.updates
+        r["cpu_seconds_per_update"] = r["cpu_seconds"] / args.updates
+        r["audio_s_per_s"] = audio[r["mode"]] / r["seconds"]
+        r["audio_s_per_cpu_s"] = audio[r["mode"]] / r["cpu_seconds"]
+    summary = {mode: {key: spread([r[key] for r in runs if r["mode"] == mode]) for key in (
+        "seconds_per_update", "cpu_seconds_per_update", "audio_s_per_s", "audio_s_per_cpu_s")}
+        for mode in modes}
+    padding = {}
+    for mode in modes:
+        chunk_size = MODES[mode][1]
+        groups = []
+        for views in shapes[mode]:
+            lengths = [v.shape[-1] for v in views]
+            groups += [lengths] if chunk_size is None else [
+                [lengths[i] for i in chunk] for chunk in chunk_order(lengths, chunk_size)]
+        padding[mode] = padding_share(groups)
+    baseline = modes[0]
     return {
         "updates_per_repeat": args.updates,
         "pairs_per_update": 4,
-        "view_audio_s_per_update": valid / 16000 / args.updates,
-        "padding_share": 1 - valid / padded,
+        "repeats": args.repeats,
+        "baseline": baseline,
+        "view_audio_s_per_update": {mode: audio[mode] / args.updates for mode in modes},
+        "padding_share": padding,
         "runs": runs,
         "summary": summary,
-        "exact_over_plain_ratio": ratios,
-        "final_losses": {str(k): v for k, v in losses.items()},
+        # Throughput relative to the first mode, paired within each repeat.
+        "audio_s_per_s_over_baseline": paired_ratios(runs, modes, "audio_s_per_s", baseline),
+        "audio_s_per_cpu_s_over_baseline": paired_ratios(
+            runs, modes, "audio_s_per_cpu_s", baseline),
     }
 
 
-def padding_table(result):
-    cost = result["padding_cost"]
-    lines = ["| exact_padding | wall s/update: median (min-max) | CPU s/update: median (min-max) |",
-             "|---|---|---|"]
-    for exact, row in cost["summary"].items():
-        wall, cpu = row["seconds_per_update"], row["cpu_seconds_per_update"]
-        lines.append(f"| {exact} | {wall['median']:.2f} ({wall['min']:.2f}-{wall['max']:.2f}) | "
-                     f"{cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f}) |")
-    for clock, name in (("seconds_per_update", "wall"), ("cpu_seconds_per_update", "CPU")):
-        ratio = cost["exact_over_plain_ratio"][clock]
-        lines.append(f"exact / plain, {name} time per update: median {ratio['median']:.3f} "
-                     f"(per repeat {ratio['min']:.3f}-{ratio['max']:.3f})")
-    loads = [r["load_before"][0] for r in cost["runs"]] + [r["load_after"][0] for r in cost["runs"]]
-    lines.append(f"padding share of the batches {cost['padding_share']:.1%}; "
-                 f"1-min load average {min(loads):.2f}-{max(loads):.2f}")
+def modes_table(result):
+    timing = result["modes"]
+    base = timing["baseline"]
+    lines = [f"| mode | padding | wall s/update | CPU s/update | audio s/s | x {base} (wall) "
+             f"| x {base} (CPU) |", "|---|---|---|---|---|---|---|"]
+
+    def fmt(cell, digits=2):
+        return (f"{cell['median']:.{digits}f} ({cell['min']:.{digits}f}-"
+                f"{cell['max']:.{digits}f})")
+
+    for mode, row in timing["summary"].items():
+        lines.append(
+            f"| {mode} | {timing['padding_share'][mode]:.1%} | {fmt(row['seconds_per_update'])} | "
+            f"{fmt(row['cpu_seconds_per_update'])} | {fmt(row['audio_s_per_s'])} | "
+            f"{fmt(timing['audio_s_per_s_over_baseline'][mode], 3)} | "
+            f"{fmt(timing['audio_s_per_cpu_s_over_baseline'][mode], 3)} |")
+    loads = [r["load_before"][0] for r in timing["runs"]] + [
+        r["load_after"][0] for r in timing["runs"]]
+    lines.append(f"median (min-max) over {timing['repeats']} interleaved repeats of "
+                 f"{timing['updates_per_repeat']} updates; 1-min load average "
+                 f"{min(loads):.2f}-{max(loads):.2f}")
     return "\n".join(lines)
 
 
@@ -373,47 +457,95 @@ def main(argv):
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.padding_cost and not args.upstream_source:
-        args.upstream_source = "assets/encoder"
+    if args.padding_cost:
+        args.modes = PADDING_COST_MODES
+        args.upstream_source = args.upstream_source or "assets/encoder"
     work_dir = Path(tempfile.mkdtemp(prefix="bench-rewire-"))
     try:
         source = prepare(args, work_dir)
-        if args.padding_cost:
+        if args.modes:
             result = {
                 "date": datetime.date.today().isoformat(),
                 "command": "python utils/bench_rewire.py " + " ".join(argv),
                 "machine": describe_machine(args.device),
                 "encoder": source,
-                "padding_cost": time_padding_cost(args, source, work_dir),
+                "modes": time_modes(args, source, work_dir, args.modes),
             }
-            return write_result(args, result, padding_table(result), "rewire_padding")
+            return write_result(args, result, modes_table(result), "rewire_modes")
         variants = ["paper", "batched", "gradcache"] + (["plain64"] if args.with_plain64 else [])
-        rows = []
-        for name in variants:
-            command = [sys.executable, __file__, "--worker", name, "--work_dir", str(work_dir),
-                       "--device", args.device, "--upstream_source", source,
-                       "--updates", str(args.updates), "--big_updates", str(args.big_updates),
-                       "--chunk_size", str(args.chunk_size)]
-            print("+", name, flush=True)
-            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-            lines = [l for l in done.stdout.splitlines() if l.startswith("@@RESULT ")]
-            if done.returncode != 0 or not lines:
-                rows.append({"variant": name, "error": (done.stderr or done.stdout)[-800:]})
-                print(rows[-1]["error"], file=sys.stderr)
-                continue
-            rows.append(json.loads(lines[-1][len("@@RESULT "):]))
+        runs = []
+        for repeat in range(args.repeats):
+            for name in variants if repeat % 2 == 0 else variants[::-1]:
+                print(f"+ {name} (repeat {repeat + 1} of {args.repeats})", flush=True)
+                runs.append({"repeat": repeat, "load_before": os.getloadavg(),
+                             **run_worker(args, name, work_dir, source),
+                             "load_after": os.getloadavg()})
         result = {
             "date": datetime.date.today().isoformat(),
             "command": "python utils/bench_rewire.py " + " ".join(argv),
             "machine": describe_machine(args.device),
             "encoder": source,
-            "variants": rows,
+            "runs": runs,
+            **throughput(args, source, runs, variants),
         }
         if args.tts:
             result["tts"] = time_tts(work_dir, args.tts_utterances)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     write_result(args, result, table(result), "rewire")
+
+
+def run_worker(args, name, work_dir, source):
+    """One variant in its own process (its peak memory is its own high-water mark)."""
+    command = [sys.executable, __file__, "--worker", name, "--work_dir", str(work_dir),
+               "--device", args.device, "--upstream_source", source,
+               "--updates", str(args.updates), "--big_updates", str(args.big_updates),
+               "--chunk_size", str(args.chunk_size)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("@@RESULT ")]
+    if done.returncode != 0 or not lines:
+        error = (done.stderr or done.stdout)[-800:]
+        print(error, file=sys.stderr)
+        return {"variant": name, "error": error}
+    return json.loads(lines[-1][len("@@RESULT "):])
+
+
+def throughput(args, source, runs, variants):
+    """Per variant: the spread of its speed over the repeats, the per-repeat ratio to the
+    paper's loop, model FLOPs (each view at its own length, every parameter trained) and
+    MFU against the device's peak (:mod:`rewire_lobes.grid.throughput`)."""
+    import torch
+    import transformers
+
+    from rewire_lobes.grid.throughput import device_peak, encoder_fits, model_flops
+
+    fit = encoder_fits(transformers.AutoConfig.from_pretrained(source), modes=("train",))["train"]
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    peak, basis = device_peak(args.device, dtype)
+    ok = [r for r in runs if "error" not in r]
+    for r in ok:
+        r["model_flops_per_update"] = model_flops(
+            fit, [n for lengths in r.pop("view_samples") for n in lengths]) / r["updates"]
+        r["model_flop_per_s"] = r["model_flops_per_update"] * r["updates_per_s"]
+        r["mfu"] = r["model_flop_per_s"] / peak
+    paper = {r["repeat"]: r for r in ok if r["variant"] == "paper"}
+    summary = {}
+    for name in variants:
+        mine = [r for r in ok if r["variant"] == name]
+        if not mine:
+            summary[name] = {"error": "every run failed"}
+            continue
+        summary[name] = {key: spread([r[key] for r in mine]) for key in (
+            "updates_per_s", "pairs_per_s", "audio_s_per_s", "model_flop_per_s", "mfu",
+            "peak_memory_mb", "peak_rise_mb")}
+        summary[name]["over_paper_audio_s_per_s"] = spread([
+            r["audio_s_per_s"] / paper[r["repeat"]]["audio_s_per_s"]
+            for r in mine if r["repeat"] in paper]) if paper else None
+        summary[name].update(pairs_per_update=mine[0]["pairs_per_update"],
+                             padding_share=mine[0]["padding_share"],
+                             model_gflop_per_update=mine[0]["model_flops_per_update"] / 1e9)
+    return {"peak_flop_per_s": peak, "peak_basis": basis, "repeats": args.repeats,
+            "summary": summary}
 
 
 def write_result(args, result, text, stem):
@@ -426,19 +558,29 @@ def write_result(args, result, text, stem):
 
 
 def table(result):
-    rows = {r["variant"]: r for r in result["variants"] if "error" not in r}
-    base = rows.get("paper")
-    lines = ["| variant | pairs/update | updates/s | pairs/s | audio s/s | x paper (audio s/s) "
-             "| peak MB | rise MB |", "|---|---|---|---|---|---|---|---|"]
-    for row in result["variants"]:
+    def fmt(cell, digits=2, scale=1.0):
+        return (f"{cell['median'] * scale:.{digits}f} ({cell['min'] * scale:.{digits}f}-"
+                f"{cell['max'] * scale:.{digits}f})")
+
+    lines = ["| variant | pairs/update | padding | updates/s | audio s/s | x paper (audio s/s) "
+             "| model GFLOP/update | GFLOP/s | MFU | peak MB | rise MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in result["summary"].items():
         if "error" in row:
-            lines.append(f"| {row['variant']} | failed | | | | | | |")
+            lines.append(f"| {name} | failed | | | | | | | | | |")
             continue
-        speedup = row["audio_s_per_s"] / base["audio_s_per_s"] if base else float("nan")
+        ratio = fmt(row["over_paper_audio_s_per_s"], 3) if row["over_paper_audio_s_per_s"] else ""
         lines.append(
-            f"| {row['variant']} | {row['pairs_per_update']} | {row['updates_per_s']:.4f} | "
-            f"{row['pairs_per_s']:.2f} | {row['audio_s_per_s']:.2f} | {speedup:.2f} | "
-            f"{row['peak_memory_mb']:.0f} | {row['peak_rise_mb']:.0f} |")
+            f"| {name} | {row['pairs_per_update']} | {row['padding_share']:.1%} | "
+            f"{fmt(row['updates_per_s'], 4)} | {fmt(row['audio_s_per_s'])} | {ratio} | "
+            f"{row['model_gflop_per_update']:.0f} | {fmt(row['model_flop_per_s'], 1, 1e-9)} | "
+            f"{fmt(row['mfu'], 1, 100)} % | {row['peak_memory_mb']['median']:.0f} | "
+            f"{row['peak_rise_mb']['median']:.0f} |")
+    loads = [r["load_before"][0] for r in result["runs"]] + [
+        r["load_after"][0] for r in result["runs"]]
+    lines.append(f"\nmedian (min-max) over {result['repeats']} repeats (variants in ABBA order, "
+                 f"one process each); MFU against {result['peak_flop_per_s'] / 1e9:.1f} GFLOP/s "
+                 f"({result['peak_basis']}); 1-min load average {min(loads):.2f}-{max(loads):.2f}")
     if "tts" in result:
         t = result["tts"]
         lines.append(

@@ -79,12 +79,27 @@ def run_precision(hparams, run_opts):
     return hparams["gpu_precision"] if str(device).startswith("cuda") else hparams["precision"]
 
 
+def run_forward_chunk_size(hparams, run_opts):
+    """Views per forward pass: the yaml's or command line's, ``auto`` resolved by device
+    (1 on a CPU, None = one pass on CUDA)."""
+    size = hparams["forward_chunk_size"]
+    if size != "auto":
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                                 or size < 1):
+            raise OptionError(f"--forward_chunk_size must be auto, null or a positive "
+                              f"integer, got {size!r}")
+        return size
+    device = run_opts.get("device") or sb.utils.distributed.infer_device()
+    return None if str(device).startswith("cuda") else 1
+
+
 def identity_extras(hparams, run_opts):
     """``identity_extras`` for :func:`load_recipe_hparams`: what the yaml keys do not say
     (an audio folder's files too: a changed folder is another run, never a resumed one)."""
     extras = {
         "tts_voice": resolve_voice(hparams["tts_backend"], hparams["tts_voice"]),
         "precision": run_precision(hparams, run_opts),
+        "forward_chunk_size": run_forward_chunk_size(hparams, run_opts),
         "transcripts": transcript_source(hparams, run_opts.get("device")),
     }
     if hparams["audio_folder"]:
@@ -249,8 +264,9 @@ def export_record(hparams, brain, csv_path, utterances):
     settings = {key: hparams[key] for key in (
         "temperature", "lr", "weight_decay", "dropout", "mask_ratio", "symmetric_loss",
         "pool_layers", "freeze_feature_encoder", "encoder_masking", "grad_cache",
-        "grad_cache_chunk_size", "gradient_checkpointing", "bucket_batches", "max_samples",
-        "split_samples", "max_utterances", "subset", "max_grad_norm", "seed",
+        "grad_cache_chunk_size", "forward_chunk_size", "gradient_checkpointing",
+        "bucket_batches", "max_samples", "split_samples", "max_utterances", "subset",
+        "max_grad_norm", "seed",
     )}
     maker = hparams["pair_maker"]
     settings["mix"] = maker.weights  # the kinds of positive drawn, normalised
@@ -323,6 +339,7 @@ def load_hparams(argv):
     hparams, hparams_file, run_opts, overrides = load_recipe_hparams(
         argv, identity_extras=identity_extras, derived_overrides=audio_folder_overrides)
     hparams["precision"] = run_precision(hparams, run_opts)
+    hparams["forward_chunk_size"] = hparams["run_identity"]["forward_chunk_size"]
     return hparams, hparams_file, run_opts, overrides
 
 

@@ -2,8 +2,9 @@
 
 One training batch holds ``B`` utterances; each yields an anchor view and a positive view
 (:class:`rewire_lobes.rewiring.contrastive.PairMaker`). All ``2B`` views go through the encoder in
-one padded forward pass (or, with ``grad_cache: True``, in chunks whose gradients are
-exactly those of the whole batch). Each view becomes the mean over valid frames of the
+one padded forward pass, or in similar-length chunks of ``forward_chunk_size`` views (one
+at a time on a CPU, where that is faster), or, with ``grad_cache: True``, in chunks whose
+gradients are exactly those of the whole batch. Each view becomes the mean over valid frames of the
 uniform average of all hidden states, and InfoNCE (τ = 0.04) pulls pairs together, with
 the views of every DDP rank as negatives.
 
@@ -142,7 +143,8 @@ class RewireBrain(sb.Brain):
         return pool_utterances(hidden, frame_lens, self.hparams.pool_layers)
 
     def compute_forward(self, batch, stage):
-        embeddings = encode_views(self.encode, self.batch_views(batch))
+        embeddings = encode_views(self.encode, self.batch_views(batch),
+                                  getattr(self.hparams, "forward_chunk_size", None))
         return embeddings.chunk(len(self.view_groups(batch)))
 
     def loss(self, anchors, positives, negatives=None):
