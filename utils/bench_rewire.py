@@ -43,6 +43,7 @@ batching alone). ``--padding_cost`` is ``--modes one_pass_inexact one_pass`` on
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -67,17 +68,20 @@ VARIANTS = {
 }
 
 
-# How each in-process mode encodes the 2B views of an update: (exact_padding, chunk_size,
-# crop). chunk_size None: one padded pass; k: similar-length groups of k views (1 = the
-# paper's one at a time); crop: every view cut to the batch's shortest (no padding at all,
-# other audio: compare audio seconds per second).
+# How each in-process mode encodes the 2B views of an update. chunk_size None: one padded
+# pass; k: similar-length groups of k views (1 = the paper's one at a time); crop: every
+# view cut to the batch's shortest (no padding at all, other audio: compare audio seconds
+# per second); checkpointing: the encoder's gradient checkpointing (memory for time).
+Mode = collections.namedtuple("Mode", "exact_padding chunk_size crop checkpointing")
 MODES = {
-    "one_at_a_time": (True, 1, False),
-    "one_pass": (True, None, False),
-    "one_pass_inexact": (False, None, False),
-    "groups_of_2": (True, 2, False),
-    "groups_of_4": (True, 4, False),
-    "one_pass_cropped": (True, None, True),
+    "one_at_a_time": Mode(True, 1, False, False),
+    "one_pass": Mode(True, None, False, False),
+    "one_pass_inexact": Mode(False, None, False, False),
+    "groups_of_2": Mode(True, 2, False, False),
+    "groups_of_4": Mode(True, 4, False, False),
+    "one_pass_cropped": Mode(True, None, True, False),
+    "one_pass_checkpointed": Mode(True, None, False, True),
+    "one_at_a_time_checkpointed": Mode(True, 1, False, True),
 }
 PADDING_COST_MODES = ["one_pass_inexact", "one_pass"]
 
@@ -138,6 +142,26 @@ def load_views(work_dir, pairs, updates, device):
                 break
         epoch += 1
     return batches
+
+
+def batch_padding(work_dir, pairs, buckets=(None, 4, 16)):
+    """Padding share of one padded pass of the 2B Twin views per batch over one epoch of the
+    prepared subset: random batches (the paper's, ``bucket_batches`` null) against
+    length-bucketed ones. Counted from the lengths, nothing is timed."""
+    import csv
+
+    from rewire_lobes.grid.throughput import padding_share
+    from rewire_lobes.rewiring.batching import LengthBucketBatchSampler
+    from rewire_lobes.rewiring.contrastive import SPLIT_SAMPLES
+
+    with open(Path(work_dir) / "train.csv", newline="", encoding="utf-8") as handle:
+        samples = [float(r["duration"]) * 16000 for r in csv.DictReader(handle)]
+    lengths = [n / 2 if n > SPLIT_SAMPLES else n for n in samples]
+    shares = {}
+    for bucket in buckets:
+        sampler = LengthBucketBatchSampler(lengths, pairs, bucket_batches=bucket, seed=0)
+        shares[str(bucket)] = padding_share([[lengths[i] for i in batch] * 2 for batch in sampler])
+    return shares
 
 
 def synchronize(device):
@@ -285,22 +309,26 @@ def time_modes(args, source, work_dir, modes):
     device = torch.device(args.device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     upstreams = {}
-    for exact in sorted({MODES[mode][0] for mode in modes}):
+    def model_of(mode):
+        return MODES[mode].exact_padding, MODES[mode].checkpointing
+
+    for exact, checkpointing in sorted({model_of(mode) for mode in modes}):
         upstream = SSLUpstream(source, freeze=False, dropout=0.1, freeze_feature_encoder=False,
-                               exact_padding=exact).to(device).train()
+                               exact_padding=exact, gradient_checkpointing=checkpointing)
+        upstream.to(device).train()
         trainable_parameters(upstream)
-        upstreams[exact] = upstream
+        upstreams[exact, checkpointing] = upstream
     batches = load_views(work_dir, 4, args.updates + 1, device)
 
     def views_of(mode, views):
-        if not MODES[mode][2]:
+        if not MODES[mode].crop:
             return views
         shortest = min(v.shape[-1] for v in views)
         return [v[:shortest] for v in views]
 
     def update(mode, views, seed):
-        exact, chunk_size, _ = MODES[mode]
-        upstream = upstreams[exact]
+        chunk_size = MODES[mode].chunk_size
+        upstream = upstreams[model_of(mode)]
         torch.manual_seed(seed)
 
         def encode(wavs, rel_lens):
@@ -337,7 +365,7 @@ def time_modes(args, source, work_dir, modes):
         for mode in modes}
     padding = {}
     for mode in modes:
-        chunk_size = MODES[mode][1]
+        chunk_size = MODES[mode].chunk_size
         groups = []
         for views in shapes[mode]:
             lengths = [v.shape[-1] for v in views]
@@ -487,6 +515,7 @@ def main(argv):
             "encoder": source,
             "runs": runs,
             **throughput(args, source, runs, variants),
+            "batch_padding_by_bucket_batches": batch_padding(work_dir, 4),
         }
         if args.tts:
             result["tts"] = time_tts(work_dir, args.tts_utterances)
@@ -581,6 +610,10 @@ def table(result):
     lines.append(f"\nmedian (min-max) over {result['repeats']} repeats (variants in ABBA order, "
                  f"one process each); MFU against {result['peak_flop_per_s'] / 1e9:.1f} GFLOP/s "
                  f"({result['peak_basis']}); 1-min load average {min(loads):.2f}-{max(loads):.2f}")
+    lines.append("padding share of one pass of 2B views per batch of 4 pairs over an epoch, by "
+                 "bucket_batches: " + ", ".join(
+                     f"{bucket} {share:.1%}" for bucket, share in
+                     result["batch_padding_by_bucket_batches"].items()))
     if "tts" in result:
         t = result["tts"]
         lines.append(
