@@ -389,15 +389,22 @@ def time_modes(args, source, work_dir, modes):
     }
 
 
+def fmt(cell, digits=2, scale=1.0):
+    """A spread as ``median (min-max)``."""
+    return (f"{cell['median'] * scale:.{digits}f} ({cell['min'] * scale:.{digits}f}-"
+            f"{cell['max'] * scale:.{digits}f})")
+
+
+def load_range(runs):
+    loads = [r["load_before"][0] for r in runs] + [r["load_after"][0] for r in runs]
+    return f"1-min load average {min(loads):.2f}-{max(loads):.2f}"
+
+
 def modes_table(result):
     timing = result["modes"]
     base = timing["baseline"]
     lines = [f"| mode | padding | wall s/update | CPU s/update | audio s/s | x {base} (wall) "
              f"| x {base} (CPU) |", "|---|---|---|---|---|---|---|"]
-
-    def fmt(cell, digits=2):
-        return (f"{cell['median']:.{digits}f} ({cell['min']:.{digits}f}-"
-                f"{cell['max']:.{digits}f})")
 
     for mode, row in timing["summary"].items():
         lines.append(
@@ -405,11 +412,8 @@ def modes_table(result):
             f"{fmt(row['cpu_seconds_per_update'])} | {fmt(row['audio_s_per_s'])} | "
             f"{fmt(timing['audio_s_per_s_over_baseline'][mode], 3)} | "
             f"{fmt(timing['audio_s_per_cpu_s_over_baseline'][mode], 3)} |")
-    loads = [r["load_before"][0] for r in timing["runs"]] + [
-        r["load_after"][0] for r in timing["runs"]]
     lines.append(f"median (min-max) over {timing['repeats']} interleaved repeats of "
-                 f"{timing['updates_per_repeat']} updates; 1-min load average "
-                 f"{min(loads):.2f}-{max(loads):.2f}")
+                 f"{timing['updates_per_repeat']} updates; {load_range(timing['runs'])}")
     return "\n".join(lines)
 
 
@@ -587,10 +591,6 @@ def write_result(args, result, text, stem):
 
 
 def table(result):
-    def fmt(cell, digits=2, scale=1.0):
-        return (f"{cell['median'] * scale:.{digits}f} ({cell['min'] * scale:.{digits}f}-"
-                f"{cell['max'] * scale:.{digits}f})")
-
     lines = ["| variant | pairs/update | padding | updates/s | audio s/s | x paper (audio s/s) "
              "| model GFLOP/update | GFLOP/s | MFU | peak MB | rise MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -605,11 +605,9 @@ def table(result):
             f"{row['model_gflop_per_update']:.0f} | {fmt(row['model_flop_per_s'], 1, 1e-9)} | "
             f"{fmt(row['mfu'], 1, 100)} % | {row['peak_memory_mb']['median']:.0f} | "
             f"{row['peak_rise_mb']['median']:.0f} |")
-    loads = [r["load_before"][0] for r in result["runs"]] + [
-        r["load_after"][0] for r in result["runs"]]
     lines.append(f"\nmedian (min-max) over {result['repeats']} repeats (variants in ABBA order, "
                  f"one process each); MFU against {result['peak_flop_per_s'] / 1e9:.1f} GFLOP/s "
-                 f"({result['peak_basis']}); 1-min load average {min(loads):.2f}-{max(loads):.2f}")
+                 f"({result['peak_basis']}); {load_range(result['runs'])}")
     lines.append("padding share of one pass of 2B views per batch of 4 pairs over an epoch, by "
                  "bucket_batches: " + ", ".join(
                      f"{bucket} {share:.1%}" for bucket, share in
