@@ -431,6 +431,13 @@ def _ddp_worker(rank, world, port, encoder_dir, out_dir):
         loss.backward()
         results["plain"] = (loss.item(), _grads(upstream))
         upstream.zero_grad()
+        # One view at a time (forward_chunk_size 1, the recipe on a CPU): several forward
+        # passes of the DDP module before one backward.
+        embeddings = encode_views(encode, mine, chunk_size=1)
+        loss = global_info_nce(embeddings[:pairs], embeddings[pairs:], 0.04)
+        loss.backward()
+        results["one_at_a_time"] = (loss.item(), _grads(upstream))
+        upstream.zero_grad()
         loss = grad_cache_backward(
             encode, mine, lambda a, p: global_info_nce(a, p, 0.04), 2, "cpu",
             sync_context=lambda sync: model.no_sync() if not sync else _null())
@@ -468,7 +475,7 @@ def test_ddp_loss_uses_the_negatives_of_every_rank(tiny_encoder, tmp_path):
 
     for rank in range(2):
         results = torch.load(tmp_path / f"rank{rank}.pt")
-        for variant in ("plain", "cached"):
+        for variant in ("plain", "one_at_a_time", "cached"):
             got_loss, grads = results[variant]
             assert got_loss == pytest.approx(loss.item(), abs=1e-5), (rank, variant)
             assert got_loss != pytest.approx(local, abs=1e-3), "the loss saw only local negatives"

@@ -508,3 +508,12 @@ def test_transcript_hard_negatives_run_and_are_recorded(tmp_path, tiny_encoder):
     # Same pairs, more candidates in every view's denominator: a larger first loss.
     assert records["hard"]["loss_curve"][0][1] > records["plain"]["loss_curve"][0][1]
     assert (tmp_path / "hard" / NEUTRAL_REPORT).exists(), "the negatives' TTS audio"
+
+
+def test_forward_chunk_size_follows_the_device():
+    def resolve(size, device="cpu"):
+        return train_script.run_forward_chunk_size(
+            {"forward_chunk_size": size}, {"device": device})
+
+    assert (resolve("auto"), resolve("auto", "cuda:0"), resolve(3), resolve(None)) == (
+        1, None, 3, None)

@@ -83,14 +83,13 @@ def run_forward_chunk_size(hparams, run_opts):
     """Views per forward pass: the yaml's or command line's, ``auto`` resolved by device
     (1 on a CPU, None = one pass on CUDA)."""
     size = hparams["forward_chunk_size"]
-    if size != "auto":
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                                 or size < 1):
-            raise OptionError(f"--forward_chunk_size must be auto, null or a positive "
-                              f"integer, got {size!r}")
-        return size
-    device = run_opts.get("device") or sb.utils.distributed.infer_device()
-    return None if str(device).startswith("cuda") else 1
+    if size == "auto":
+        device = run_opts.get("device") or sb.utils.distributed.infer_device()
+        return None if str(device).startswith("cuda") else 1
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise OptionError(f"--forward_chunk_size must be auto, null or a positive integer, "
+                          f"got {size!r}")
+    return size
 
 
 def identity_extras(hparams, run_opts):
