@@ -9,7 +9,9 @@ Variants, all on the same encoder and the same utterances (Twin pairs, so no TTS
                   (length-bucketed batches);
 * ``gradcache``-- ours at batch 64: GradCache, chunks of ``--chunk_size`` views, exact
                   gradients of the 128-view batch;
-* ``plain64``  -- (``--with_plain64``) batch 64 without caching, for the memory contrast.
+* ``plain64``  -- (``--with_plain64``) batch 64 without caching, for the memory contrast;
+* ``batched_checkpointed`` -- (``--variants``) ``batched`` with the encoder's gradient
+                  checkpointing: memory for time.
 
 Each variant runs in its own process (peak memory = that process's high-water mark:
 ``ru_maxrss`` on CPU, ``torch.cuda.max_memory_allocated`` on GPU); after one warm-up
@@ -33,8 +35,9 @@ wav2vec2-large-lv60-shaped encoder (24 layers, 1024 wide) in bf16 autocast.
 and backward, the recipe's settings: dropout 0.1, CNN trained; the same dropout masks in
 every mode), ways of encoding the 2B views against the first one given: one at a time
 (the paper's), one padded pass, one padded pass without exact padding, similar-length
-groups of 2 or 4, or one pass of views cropped to the batch's shortest (no padding:
-batching alone). ``--padding_cost`` is ``--modes one_pass_inexact one_pass`` on
+groups of 2 or 4, one pass of views cropped to the batch's shortest (no padding:
+batching alone), and one pass or one at a time with gradient checkpointing or with eager
+attention instead of transformers' default SDPA. ``--padding_cost`` is ``--modes one_pass_inexact one_pass`` on
 ``assets/encoder``.
 
     python utils/bench_rewire.py --updates 4 --repeats 3 --tts   # writes results/bench/rewire_cpu.json
@@ -60,28 +63,34 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 VARIANTS = {
-    # name: (pairs per update, how the views are encoded)
-    "paper": (4, "one_at_a_time"),
-    "batched": (4, "one_pass"),
-    "gradcache": (64, "grad_cache"),
-    "plain64": (64, "one_pass"),
+    # name: (pairs per update, how the views are encoded, gradient checkpointing)
+    "paper": (4, "one_at_a_time", False),
+    "batched": (4, "one_pass", False),
+    "batched_checkpointed": (4, "one_pass", True),
+    "gradcache": (64, "grad_cache", False),
+    "plain64": (64, "one_pass", False),
 }
+DEFAULT_VARIANTS = ["paper", "batched", "gradcache"]
 
 
 # How each in-process mode encodes the 2B views of an update. chunk_size None: one padded
 # pass; k: similar-length groups of k views (1 = the paper's one at a time); crop: every
 # view cut to the batch's shortest (no padding at all, other audio: compare audio seconds
 # per second); checkpointing: the encoder's gradient checkpointing (memory for time).
-Mode = collections.namedtuple("Mode", "exact_padding chunk_size crop checkpointing")
+# attention: transformers' implementation (sdpa, its default, or eager).
+Mode = collections.namedtuple("Mode", "exact_padding chunk_size crop checkpointing attention",
+                              defaults=(False, "sdpa"))
 MODES = {
-    "one_at_a_time": Mode(True, 1, False, False),
-    "one_pass": Mode(True, None, False, False),
-    "one_pass_inexact": Mode(False, None, False, False),
-    "groups_of_2": Mode(True, 2, False, False),
-    "groups_of_4": Mode(True, 4, False, False),
-    "one_pass_cropped": Mode(True, None, True, False),
+    "one_at_a_time": Mode(True, 1, False),
+    "one_pass": Mode(True, None, False),
+    "one_pass_inexact": Mode(False, None, False),
+    "groups_of_2": Mode(True, 2, False),
+    "groups_of_4": Mode(True, 4, False),
+    "one_pass_cropped": Mode(True, None, True),
     "one_pass_checkpointed": Mode(True, None, False, True),
     "one_at_a_time_checkpointed": Mode(True, 1, False, True),
+    "one_pass_eager": Mode(True, None, False, False, "eager"),
+    "one_at_a_time_eager": Mode(True, 1, False, False, "eager"),
 }
 PADDING_COST_MODES = ["one_pass_inexact", "one_pass"]
 
@@ -98,6 +107,9 @@ def parse_args(argv):
                         help="timed updates of the batch-64 variants")
     parser.add_argument("--chunk_size", type=int, default=8, help="views per GradCache chunk")
     parser.add_argument("--with_plain64", action="store_true")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None,
+                        help=f"the variants to run (default: {' '.join(DEFAULT_VARIANTS)}; "
+                             "paper first, the ratios are to it)")
     parser.add_argument("--tts", action="store_true", help="also time the neutral TTS")
     parser.add_argument("--tts_utterances", type=int, default=40)
     parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=None,
@@ -180,12 +192,13 @@ def run_variant(args):
         chunk_order, encode_views, grad_cache_backward, info_nce, pad_views, pool_utterances)
     from rewire_lobes.upstream.encoder import SSLUpstream, trainable_parameters
 
-    pairs, mode = VARIANTS[args.worker]
+    pairs, mode, checkpointing = VARIANTS[args.worker]
     updates = args.updates if pairs <= 4 else args.big_updates
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     upstream = SSLUpstream(args.upstream_source, freeze=False, dropout=0.1,
-                           freeze_feature_encoder=False).to(device)
+                           freeze_feature_encoder=False,
+                           gradient_checkpointing=checkpointing).to(device)
     upstream.train()
     optimizer = torch.optim.AdamW(trainable_parameters(upstream), lr=1e-6, weight_decay=0.01)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
@@ -310,14 +323,15 @@ def time_modes(args, source, work_dir, modes):
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     upstreams = {}
     def model_of(mode):
-        return MODES[mode].exact_padding, MODES[mode].checkpointing
+        return MODES[mode].exact_padding, MODES[mode].checkpointing, MODES[mode].attention
 
-    for exact, checkpointing in sorted({model_of(mode) for mode in modes}):
+    for exact, checkpointing, attention in sorted({model_of(mode) for mode in modes}):
         upstream = SSLUpstream(source, freeze=False, dropout=0.1, freeze_feature_encoder=False,
                                exact_padding=exact, gradient_checkpointing=checkpointing)
+        upstream.model.set_attn_implementation(attention)
         upstream.to(device).train()
         trainable_parameters(upstream)
-        upstreams[exact, checkpointing] = upstream
+        upstreams[exact, checkpointing, attention] = upstream
     batches = load_views(work_dir, 4, args.updates + 1, device)
 
     def views_of(mode, views):
@@ -504,7 +518,7 @@ def main(argv):
                 "modes": time_modes(args, source, work_dir, args.modes),
             }
             return write_result(args, result, modes_table(result), "rewire_modes")
-        variants = ["paper", "batched", "gradcache"] + (["plain64"] if args.with_plain64 else [])
+        variants = args.variants or DEFAULT_VARIANTS + (["plain64"] if args.with_plain64 else [])
         runs = []
         for repeat in range(args.repeats):
             for name in variants if repeat % 2 == 0 else variants[::-1]:
