@@ -90,8 +90,7 @@ def prepare_librispeech_rewire(
     csv_path = save_folder / MANIFEST_NAME
     if skip_prep:
         return csv_path
-    if subset not in SUBSET_RULES:
-        raise OptionError(f"--subset must be one of {', '.join(SUBSET_RULES)}, got {subset!r}")
+    check_subset_rule(subset)
     folder = locate_librispeech(data_folder, splits)
     options = {
         "data_folder": str(folder.resolve()),
@@ -134,6 +133,12 @@ def prepare_librispeech_rewire(
     write_json_atomic(save_folder / OPTIONS_NAME, options)
     logger.info("Wrote %s (%d utterances) and %s", csv_path, len(rows), SUBSET_NAME)
     return csv_path
+
+
+def check_subset_rule(subset):
+    """An :class:`OptionError` unless ``subset`` is one of :data:`SUBSET_RULES`."""
+    if subset not in SUBSET_RULES:
+        raise OptionError(f"--subset must be one of {', '.join(SUBSET_RULES)}, got {subset!r}")
 
 
 def select_subset(rows, max_utterances, subset="shortest", seed=1234):

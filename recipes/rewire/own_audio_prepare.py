@@ -46,6 +46,7 @@ from librispeech_prepare import (  # sibling script  # isort: skip
     OPTIONS_NAME,
     SUBSET_NAME,
     SUBSET_RULES,
+    check_subset_rule,
     select_subset,
 )
 
@@ -137,8 +138,7 @@ def prepare_audio_folder_rewire(
     csv_path = save_folder / MANIFEST_NAME
     if skip_prep:
         return csv_path
-    if subset not in SUBSET_RULES:
-        raise OptionError(f"--subset must be one of {', '.join(SUBSET_RULES)}, got {subset!r}")
+    check_subset_rule(subset)
     if needs_text and transcripts_file is None and transcribe is None:
         raise OptionError(f"{audio_folder}: this strategy needs a transcript per utterance: "
                           "pass --transcripts FILE or --asr_source DIR")
