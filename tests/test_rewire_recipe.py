@@ -432,6 +432,33 @@ def test_a_run_stopped_at_an_epoch_end_resumes_to_the_uninterrupted_result(tmp_p
     assert records["resumed"]["content_hash"] == records["uninterrupted"]["content_hash"]
 
 
+@pytest.mark.slow
+def test_loader_workers_change_nothing_drawn_and_the_wait_is_recorded(tmp_path, tiny_encoder):
+    """Two loader processes give the run of none (pairs come from per-utterance seeds,
+    redrawn each epoch), and rewiring.json says how long the loop waited for audio."""
+    data = make_librispeech(tmp_path / "LibriSpeech")
+    common = ["--data_folder", data, "--upstream_source", tiny_encoder(feat_extract_norm="layer"),
+              "--lr", "1e-3", "--max_steps", "10"]  # 7 batches an epoch: two epochs
+    records = {}
+    for workers in ("0", "2"):
+        run = run_recipe("twin.yaml", *common, "--output_folder", tmp_path / workers,
+                         "--num_workers", workers)
+        assert run.returncode == 0, run.output[-3000:]
+        assert "data_wait_share" in run.output
+        records[workers] = json.loads((tmp_path / workers / "upstream" / "rewiring.json").read_text())
+    assert records["0"]["loss_curve"] == records["2"]["loss_curve"]
+    assert records["0"]["content_hash"] == records["2"]["content_hash"]
+    for workers, record in records.items():
+        loading = record["data_loading"]
+        assert loading["num_workers"] == int(workers) and loading["pin_memory"] is False
+        assert loading["batches"] >= 10 and 0 < loading["wait_share"] < 1
+        assert loading["wait_s"] > 0 and loading["busy_s"] > 0
+
+    bad = run_recipe("twin.yaml", *common, "--output_folder", tmp_path / "bad",
+                     "--num_workers", "many")
+    assert bad.returncode == 2 and "--num_workers must be auto" in bad.output
+
+
 needs_festival = pytest.mark.skipif(
     shutil.which("festival") is None, reason="festival is not installed (make system-tools)")
 

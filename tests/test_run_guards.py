@@ -147,3 +147,19 @@ def test_user_errors_are_one_line_messages(args, message, tiny_encoder, tmp_path
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert_one_line_error(done, message)
+
+
+def test_a_value_given_to_a_speechbrain_flag_is_refused_not_joined_to_a_number(real_encoder,
+                                                                                tmp_path):
+    """``--max_steps 4 --compile True``: SpeechBrain's --compile takes no value, and its
+    parser joins the stray word into max_steps ("4 True"), which used to fail much later
+    as a comparison of an int with a str."""
+    common = ["--upstream_source", str(real_encoder), "--data_folder", str(tmp_path / "data"),
+              "--output_folder", str(tmp_path / "run")]
+    with pytest.raises(OptionError, match="--compile is a flag and takes no value, got 'True'"):
+        load_recipe_hparams([KS_YAML, *common, "--max_steps", "4", "--compile", "True"])
+    with pytest.raises(OptionError, match="every value needs an --option before it"):
+        load_recipe_hparams([KS_YAML, "True", *common])
+    hparams, _, run_opts, _ = load_recipe_hparams(
+        [KS_YAML, *common, "--max_steps", "4", "--compile", "--lr", "1e-3"])
+    assert hparams["max_steps"] == 4 and hparams["lr"] == 0.001 and run_opts["compile"]

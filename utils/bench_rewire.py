@@ -36,8 +36,8 @@ and backward, the recipe's settings: dropout 0.1, CNN trained; the same dropout 
 every mode), ways of encoding the 2B views against the first one given: one at a time
 (the paper's), one padded pass, one padded pass without exact padding, similar-length
 groups of 2 or 4, one pass of views cropped to the batch's shortest (no padding:
-batching alone), and one pass or one at a time with gradient checkpointing or with eager
-attention instead of transformers' default SDPA. ``--padding_cost`` is ``--modes one_pass_inexact one_pass`` on
+batching alone), and one pass or one at a time with gradient checkpointing, with eager
+attention instead of transformers' default SDPA, or compiled (``torch.compile``). ``--padding_cost`` is ``--modes one_pass_inexact one_pass`` on
 ``assets/encoder``.
 
     python utils/bench_rewire.py --updates 4 --repeats 3 --tts   # writes results/bench/rewire_cpu.json
@@ -77,9 +77,11 @@ DEFAULT_VARIANTS = ["paper", "batched", "gradcache"]
 # pass; k: similar-length groups of k views (1 = the paper's one at a time); crop: every
 # view cut to the batch's shortest (no padding at all, other audio: compare audio seconds
 # per second); checkpointing: the encoder's gradient checkpointing (memory for time).
-# attention: transformers' implementation (sdpa, its default, or eager).
-Mode = collections.namedtuple("Mode", "exact_padding chunk_size crop checkpointing attention",
-                              defaults=(False, "sdpa"))
+# attention: transformers' implementation (sdpa, its default, or eager). compiled:
+# torch.compile(dynamic=True) of the encoder (its compile time is the warm-up's).
+Mode = collections.namedtuple(
+    "Mode", "exact_padding chunk_size crop checkpointing attention compiled",
+    defaults=(False, "sdpa", False))
 MODES = {
     "one_at_a_time": Mode(True, 1, False),
     "one_pass": Mode(True, None, False),
@@ -91,6 +93,8 @@ MODES = {
     "one_at_a_time_checkpointed": Mode(True, 1, False, True),
     "one_pass_eager": Mode(True, None, False, False, "eager"),
     "one_at_a_time_eager": Mode(True, 1, False, False, "eager"),
+    "one_pass_compiled": Mode(True, None, False, compiled=True),
+    "one_at_a_time_compiled": Mode(True, 1, False, compiled=True),
 }
 PADDING_COST_MODES = ["one_pass_inexact", "one_pass"]
 
@@ -323,15 +327,17 @@ def time_modes(args, source, work_dir, modes):
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     upstreams = {}
     def model_of(mode):
-        return MODES[mode].exact_padding, MODES[mode].checkpointing, MODES[mode].attention
+        m = MODES[mode]
+        return m.exact_padding, m.checkpointing, m.attention, m.compiled
 
-    for exact, checkpointing, attention in sorted({model_of(mode) for mode in modes}):
+    for exact, checkpointing, attention, compiled in sorted({model_of(mode) for mode in modes}):
         upstream = SSLUpstream(source, freeze=False, dropout=0.1, freeze_feature_encoder=False,
                                exact_padding=exact, gradient_checkpointing=checkpointing)
         upstream.model.set_attn_implementation(attention)
         upstream.to(device).train()
         trainable_parameters(upstream)
-        upstreams[exact, checkpointing, attention] = upstream
+        upstreams[exact, checkpointing, attention, compiled] = (
+            torch.compile(upstream, dynamic=True) if compiled else upstream)
     batches = load_views(work_dir, 4, args.updates + 1, device)
 
     def views_of(mode, views):
@@ -364,8 +370,11 @@ def time_modes(args, source, work_dir, modes):
                   for index, views in enumerate(shapes[mode], start=1)]
         return {"losses": losses}
 
-    for mode in modes:
-        update(mode, views_of(mode, batches[0]), seed=0)  # warm-up
+    warmup_seconds = {}
+    for mode in modes:  # warm-up (and compilation)
+        start = time.perf_counter()
+        update(mode, views_of(mode, batches[0]), seed=0)
+        warmup_seconds[mode] = time.perf_counter() - start
     runs = interleaved_runs(modes, run, args.repeats, device)
     audio = {mode: sum(v.shape[-1] for views in shapes[mode] for v in views) / 16000
              for mode in modes}
@@ -393,6 +402,7 @@ def time_modes(args, source, work_dir, modes):
         "repeats": args.repeats,
         "baseline": baseline,
         "view_audio_s_per_update": {mode: audio[mode] / args.updates for mode in modes},
+        "warmup_seconds": warmup_seconds,
         "padding_share": padding,
         "runs": runs,
         "summary": summary,
@@ -417,12 +427,13 @@ def load_range(runs):
 def modes_table(result):
     timing = result["modes"]
     base = timing["baseline"]
-    lines = [f"| mode | padding | wall s/update | CPU s/update | audio s/s | x {base} (wall) "
-             f"| x {base} (CPU) |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| mode | padding | warm-up s | wall s/update | CPU s/update | audio s/s "
+             f"| x {base} (wall) | x {base} (CPU) |", "|---|---|---|---|---|---|---|---|"]
 
     for mode, row in timing["summary"].items():
         lines.append(
-            f"| {mode} | {timing['padding_share'][mode]:.1%} | {fmt(row['seconds_per_update'])} | "
+            f"| {mode} | {timing['padding_share'][mode]:.1%} | "
+            f"{timing['warmup_seconds'][mode]:.1f} | {fmt(row['seconds_per_update'])} | "
             f"{fmt(row['cpu_seconds_per_update'])} | {fmt(row['audio_s_per_s'])} | "
             f"{fmt(timing['audio_s_per_s_over_baseline'][mode], 3)} | "
             f"{fmt(timing['audio_s_per_cpu_s_over_baseline'][mode], 3)} |")

@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -68,6 +69,7 @@ logger = logging.getLogger(__name__)
 
 # The paper's updates per strategy (§3.1, appendix B): the yamls' max_steps.
 PAPER_UPDATES = {"twin": 1700, "neutral": 11600, "mixed": 5000}
+GPU_LOADER_WORKERS = 4  # loader processes on CUDA with num_workers: auto
 NEUTRAL_REPORT = "neutral_synthesis.json"
 
 
@@ -79,17 +81,41 @@ def run_precision(hparams, run_opts):
     return hparams["gpu_precision"] if str(device).startswith("cuda") else hparams["precision"]
 
 
+def on_cuda(run_opts):
+    """Whether the Brain will run on a CUDA device."""
+    device = run_opts.get("device") or sb.utils.distributed.infer_device()
+    return str(device).startswith("cuda")
+
+
 def run_forward_chunk_size(hparams, run_opts):
     """Views per forward pass: the yaml's or command line's, ``auto`` resolved by device
     (1 on a CPU, None = one pass on CUDA)."""
     size = hparams["forward_chunk_size"]
     if size == "auto":
-        device = run_opts.get("device") or sb.utils.distributed.infer_device()
-        return None if str(device).startswith("cuda") else 1
+        return None if on_cuda(run_opts) else 1
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise OptionError(f"--forward_chunk_size must be auto, null or a positive integer, "
                           f"got {size!r}")
     return size
+
+
+def loader_options(hparams, run_opts):
+    """The training DataLoader's ``num_workers`` and ``pin_memory``, ``auto`` resolved by
+    device: none and unpinned on a CPU (the embedded default's audio loads in far less
+    time than an update takes there), on CUDA up to ``GPU_LOADER_WORKERS`` workers and
+    pinned memory, so that the GPU does not wait for audio. Neither changes what is
+    drawn: pairs come from per-utterance seeds (``utterance_rng``)."""
+    cuda = on_cuda(run_opts)
+    workers, pin = hparams["num_workers"], hparams["pin_memory"]
+    if workers == "auto":
+        workers = min(GPU_LOADER_WORKERS, os.cpu_count() or 1) if cuda else 0
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise OptionError(f"--num_workers must be auto or an integer >= 0, got {workers!r}")
+    if pin == "auto":
+        pin = cuda
+    if not isinstance(pin, bool):
+        raise OptionError(f"--pin_memory must be auto, True or False, got {pin!r}")
+    return {"num_workers": workers, "pin_memory": pin}
 
 
 def identity_extras(hparams, run_opts):
@@ -375,17 +401,18 @@ def main(argv):
         checkpointer=hparams["checkpointer"],
     )
     brain.train_sampler = batch_sampler  # so that Brain calls set_epoch on it
+    loading = loader_options(hparams, run_opts)
     brain.fit(
         brain.hparams.epoch_counter,
         train_data,
-        train_loader_kwargs={
-            "batch_sampler": batch_sampler, "num_workers": hparams["num_workers"]
-        },
+        train_loader_kwargs={"batch_sampler": batch_sampler, **loading},
     )
 
+    record = export_record(hparams, brain, csv_path, len(train_data))
+    record["data_loading"] = loading
     brain.export(
         hparams["export_folder"],
-        export_record(hparams, brain, csv_path, len(train_data)),
+        record,
         extra_files={SUBSET_NAME: csv_path.parent / SUBSET_NAME},
     )
     brain.plot_loss(Path(hparams["output_folder"]) / "loss_curve.png")

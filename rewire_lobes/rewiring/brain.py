@@ -38,6 +38,7 @@ from rewire_lobes.rewiring.contrastive import (
     pool_utterances,
 )
 from rewire_lobes.runs.identity import RunFolderError
+from rewire_lobes.runs.loader_wait import TimedLoader
 from rewire_lobes.runs.random_state import RandomState
 from rewire_lobes.upstream.encoder import trainable_parameters
 from rewire_lobes.upstream.export import export_with_record
@@ -103,6 +104,15 @@ class RewireBrain(sb.Brain):
             )
         self._epoch_start_step = 0
         self._last_saved_step = None
+        self.train_loader_wait = None
+
+    def make_dataloader(self, dataset, stage, ckpt_prefix="dataloader-", **loader_kwargs):
+        loader = super().make_dataloader(dataset, stage, ckpt_prefix, **loader_kwargs)
+        if stage != sb.Stage.TRAIN:
+            return loader
+        # How long the loop waits for audio: recorded per epoch and in rewiring.json.
+        self.train_loader_wait = TimedLoader(loader)
+        return self.train_loader_wait
 
     # ------------------------------------------------------------------ optimisation
 
@@ -132,7 +142,7 @@ class RewireBrain(sb.Brain):
         hard negatives)."""
         views = []
         for padded in self.view_groups(batch):
-            data = padded.data.to(self.device)
+            data = padded.data.to(self.device, non_blocking=True)
             lengths = torch.round(padded.lengths * data.shape[1]).long().tolist()
             views.extend(data[row, :length] for row, length in enumerate(lengths))
         return views
@@ -229,10 +239,16 @@ class RewireBrain(sb.Brain):
         if stage != sb.Stage.TRAIN:
             return
         updates = self.optimizer_step - self._epoch_start_step
+        wait = self.train_loader_wait
+        if wait is not None:
+            wait.book_busy()
         if updates > 0:
+            stats = {"loss": self.hparams.loss_history.mean_since(self._epoch_start_step)}
+            if wait is not None:
+                stats["data_wait_share"] = round(wait.wait_share(), 4)
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "updates": self.optimizer_step},
-                train_stats={"loss": self.hparams.loss_history.mean_since(self._epoch_start_step)},
+                train_stats=stats,
             )
         if not self._optimizer_step_limit_exceeded and self._last_saved_step != self.optimizer_step:
             self.checkpointer.save_and_keep_only(
@@ -260,6 +276,10 @@ class RewireBrain(sb.Brain):
             "content_hash": self.upstream.content_hash(),
             "loss_curve": self.hparams.loss_history.curve,
         })
+        if self.train_loader_wait is not None:
+            # This process's updates only: a resumed run's earlier ones are not in it.
+            record["data_loading"] = {**record.get("data_loading", {}),
+                                      **self.train_loader_wait.summary()}
         export_with_record(self.upstream, directory, EXPORT_RECORD, record, extra_files)
         logger.info("Rewired encoder written to %s (%d updates)", directory, self.optimizer_step)
         return directory

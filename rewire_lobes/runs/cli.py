@@ -35,6 +35,7 @@ import ruamel.yaml
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.run_opts import RunOptions
 
 from rewire_lobes.data.fractions import check_fraction
 from rewire_lobes.downstream.schedule import paper_step_budget
@@ -102,6 +103,29 @@ def check_known_keys(hparams_file, defaults, given):
             raise OptionError(f"--{key} is not an option of {hparams_file}{hint}")
 
 
+def check_flags_have_no_value(argv):
+    """SpeechBrain's boolean run options are flags (``--compile``, not ``--compile True``).
+    Its parser joins a word given to one into the option before it (``--max_steps 4
+    --compile True`` runs with ``max_steps: 4 True``), so such a word is refused here."""
+    flags = {f.name for f in dataclasses.fields(RunOptions) if f.type is bool}
+    for option, following in zip(argv, argv[1:]):
+        if option.startswith("--") and option[2:] in flags and not following.startswith("--"):
+            raise OptionError(f"{option} is a flag and takes no value, got {following!r}: "
+                              f"write {option} alone")
+
+
+def load_overrides(overrides):
+    """The command line's overrides as a mapping."""
+    try:
+        given = ruamel.yaml.YAML().load(overrides) if overrides else None
+    except ruamel.yaml.YAMLError:
+        raise OptionError(f"cannot read the command line's options: {overrides!r} (every "
+                          "value needs an --option before it)") from None
+    if given is not None and not isinstance(given, dict):
+        raise OptionError(f"a value without an --option on the command line: {given!r}")
+    return dict(given) if given is not None else {}
+
+
 def apply_profile(defaults, given, value):
     """Chooses the profile and fills in the values it changes that the user did not pass.
 
@@ -155,8 +179,7 @@ def run_overrides(hparams_file, overrides, derived=None):
     yaml = ruamel.yaml.YAML()
     with open(hparams_file, encoding="utf-8") as fin:
         defaults = yaml.load(fin)
-    given = yaml.load(overrides) if overrides else None
-    given = dict(given) if given is not None else {}
+    given = load_overrides(overrides)
     check_known_keys(hparams_file, defaults, given)
 
     def value(key):
@@ -193,11 +216,13 @@ def run_overrides(hparams_file, overrides, derived=None):
 
 
 def parse_arguments(argv):
-    """``speechbrain.parse_arguments``, with ``--optimizer_step_limit`` read as an integer.
+    """``speechbrain.parse_arguments``, with ``--optimizer_step_limit`` read as an integer
+    and no value after a flag.
 
     SpeechBrain 1.1.2 gives no type to run options whose default is None, so the limit
     would arrive as a string and the first comparison with the update count would fail.
     """
+    check_flags_have_no_value(argv)
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     limit = run_opts["optimizer_step_limit"]
     if isinstance(limit, str):
