@@ -255,6 +255,28 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_encoder, norm):
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
 
 
+def test_the_compiled_encoder_gives_the_eager_states_and_gradients(tiny_encoder):
+    """torch.compile (dynamic shapes, as the rewiring yamls ask) traces the encoder,
+    valid-frame group norm included, over batches of other lengths and paddings. The
+    aot_eager backend runs the traced graphs without generating code, so this checks the
+    tracing in seconds; inductor only changes the kernels."""
+    folder = tiny_encoder("wav2vec2", "group")
+    upstream = SSLUpstream(folder, freeze=False, dropout=0.0, freeze_feature_encoder=False).eval()
+    compiled = torch.compile(upstream, backend="aot_eager", dynamic=True)
+    for lengths in ([4000, 3000], [2400, 5000, 3600]):
+        wavs, wav_lens = padded_batch(lengths)
+        results = []
+        for model in (upstream, compiled):
+            hidden, frame_lens = model(wavs, wav_lens)
+            hidden.pow(2).mean().backward()
+            grad = upstream.model.feature_extractor.conv_layers[0].conv.weight.grad.clone()
+            upstream.zero_grad(set_to_none=True)
+            results.append((hidden.detach(), frame_lens, grad))
+        torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-4)
+        assert torch.equal(results[1][1], results[0][1])
+        torch.testing.assert_close(results[1][2], results[0][2], atol=1e-6, rtol=1e-4)
+
+
 def test_masked_mean_ignores_padded_frames_and_keeps_leading_dims():
     frames = torch.randn(3, 2, 6, 4)
     frames[:, 1, 2:] = 1e3  # padding need not be zero

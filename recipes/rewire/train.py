@@ -302,6 +302,7 @@ def export_record(hparams, brain, csv_path, utterances):
     settings["batch_size_per_rank"] = hparams["batch_size"]
     settings["global_batch_size"] = hparams["batch_size"] * world_size()
     settings["precision"] = brain.precision
+    settings["compile"] = brain.compile
     neutral_failures = None
     if maker.needs_neutral:
         settings["tts"] = [hparams["tts_backend"],
