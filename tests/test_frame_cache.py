@@ -96,6 +96,13 @@ def test_cached_frames_equal_each_utterance_encoded_alone(tiny_encoder, tmp_path
     features = FrameCache(tmp_path / "cache", upstream, batch_size=3).load(
         dataset, progressbar=False)
     assert len(calls) < len(LENGTHS), "extraction should batch utterances"
+    # The padding share counts every batch's rows at its longest (sorted: 9000, 9000, 12345,
+    # 16000, 16000, 20000; batches of 3, or of equal lengths where padding is not exact).
+    shapes = [9000, 9000, 12345, 16000, 16000, 20000]
+    batches = ([[0, 1, 2], [3, 4, 5]] if upstream.padding_invariant
+               else [[0, 1], [2], [3, 4], [5]])
+    padded = sum(len(b) * max(shapes[i] for i in b) for b in batches)
+    assert features.padding_share == pytest.approx(1 - sum(shapes) / padded)
     for data_id in dataset.data_ids:
         expected, frames = alone(upstream, dataset, data_id)
         cached = features[data_id]

@@ -48,6 +48,9 @@ def parse_args(argv):
                         help="LibriSpeech root (generate the mini one with "
                              "`python utils/make_mini_corpus.py --corpora librispeech`)")
     parser.add_argument("--split", default="train-clean-100")
+    parser.add_argument("--audio_folder", default=None,
+                        help="instead of LibriSpeech: every .wav/.flac under this folder "
+                             "(e.g. ../shared/data/ljspeech_sample), resampled to 16 kHz")
     parser.add_argument("--max_utterances", type=int, default=60,
                         help="first N utterances by id (0: all); 60 keeps 3 repeats under ~3 min")
     parser.add_argument("--repeats", type=int, default=3)
@@ -64,12 +67,9 @@ def read_sig(wav):
     return load_audio(wav)
 
 
-def librispeech_dataset(split_folder, max_utterances, work):
-    """A manifest of the split's flac files (sorted by id) and its DynamicItemDataset."""
-    files = sorted(Path(split_folder).glob("*/*/*.flac"))
-    if not files:
-        raise SystemExit(f"{split_folder}: no .flac files; generate the mini corpus with "
-                         "`python utils/make_mini_corpus.py --corpora librispeech`")
+def audio_dataset(files, max_utterances, work):
+    """A manifest of ``files`` (sorted by name) and its DynamicItemDataset."""
+    files = sorted(files, key=lambda f: f.stem)
     if max_utterances:
         files = files[:max_utterances]
     rows = [{"ID": f.stem, "duration": f"{soundfile.info(str(f)).duration:.4f}",
@@ -102,8 +102,16 @@ def main(argv):
     encoder_hash = upstream.content_hash()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        split_folder = Path(args.data_folder) / args.split
-        dataset = librispeech_dataset(split_folder, args.max_utterances, work)
+        if args.audio_folder:
+            files = [f for f in Path(args.audio_folder).rglob("*")
+                     if f.suffix.lower() in (".wav", ".flac")]
+        else:
+            files = list((Path(args.data_folder) / args.split).glob("*/*/*.flac"))
+        if not files:
+            raise SystemExit(f"{args.audio_folder or Path(args.data_folder) / args.split}: no "
+                             "audio files; generate the mini corpus with "
+                             "`python utils/make_mini_corpus.py --corpora librispeech`")
+        dataset = audio_dataset(files, args.max_utterances, work)
         with dataset.output_keys_as(["sig"]):
             audio_seconds = sum(len(dataset[i]["sig"]) for i in range(len(dataset))) / 16000
         repeats = []
@@ -121,6 +129,7 @@ def main(argv):
                 "seconds": seconds, "audio_s_per_s": audio_seconds / seconds,
                 "rtf": seconds / audio_seconds, "loadavg_before": load_before,
                 "loadavg_after": load_after, "bytes": stored, "estimated_bytes": estimate,
+                "padding_share": features.padding_share,
             })
             print(f"repeat {repeat}: {seconds:.1f} s, {audio_seconds / seconds:.2f} audio s/s, "
                   f"load {load_before[0]:.2f} -> {load_after[0]:.2f}", flush=True)
@@ -142,12 +151,14 @@ def main(argv):
                     "hidden_size": upstream.hidden_size,
                     "parameters": sum(p.numel() for p in upstream.parameters()),
                     "padding_exact": upstream.padding_invariant},
-        "data": {"split": args.split, "utterances": len(dataset),
+        "data": {"split": args.audio_folder or args.split, "utterances": len(dataset),
                  "audio_seconds": audio_seconds},
         "dtype": args.dtype,
         "repeats": repeats,
         "audio_s_per_s": spread([r["audio_s_per_s"] for r in repeats]),
         "rtf": spread([r["rtf"] for r in repeats]),
+        "batch_size": args.batch_size,
+        "padding_share": repeats[-1]["padding_share"],
         "measured_gb_per_hour": repeats[-1]["bytes"] / 1e9 / hours,
         "estimated_over_stored": repeats[-1]["estimated_bytes"] / repeats[-1]["bytes"],
         "cache_hit_load_seconds": hit_seconds,

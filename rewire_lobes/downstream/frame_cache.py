@@ -165,6 +165,8 @@ class FrameFeatures:
                                                index["num_frames"])
         }
         self.sources = dict(zip(index["ids"], index["sources"]))
+        # Share of the extraction batches' samples that were padding (older caches: None).
+        self.padding_share = index.get("padding_share")
         self._memmap = None
 
     def __getstate__(self):
@@ -434,12 +436,15 @@ class FrameCache:
         position = {data_id: i for i, data_id in enumerate(dataset.data_ids)}
         ids, frame_counts = [], []
         written = 0
+        valid_samples = batch_samples = 0
         data_file = f"{DATA_PREFIX}{secrets.token_hex(8)}.bin"
         batch = []
 
         def flush(out):
-            nonlocal written
+            nonlocal written, valid_samples, batch_samples
             lengths = torch.tensor([len(sig) for _, sig in batch])
+            valid_samples += int(lengths.sum())
+            batch_samples += len(batch) * int(lengths.max())
             wavs = torch.zeros(len(batch), int(lengths.max()))
             for row, (_, sig) in enumerate(batch):
                 wavs[row, : len(sig)] = sig
@@ -477,7 +482,11 @@ class FrameCache:
             out.flush()
             os.fsync(out.fileno())
         offsets = np.cumsum([0] + frame_counts)[:-1]
+        padding = 1 - valid_samples / batch_samples if batch_samples else 0.0
+        logger.info("Extracted %d utterances; padding %.1f %% of the batches' samples",
+                    len(ids), 100 * padding)
         return {
+            "padding_share": padding,
             **self._expected_header(manifest_hash),
             "data_file": data_file,
             "data_bytes": written,
