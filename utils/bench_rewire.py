@@ -62,6 +62,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rewire_lobes.io_utils import write_json_atomic  # noqa: E402 (after the path)
+
 VARIANTS = {
     # name: (pairs per update, how the views are encoded, gradient checkpointing)
     "paper": (4, "one_at_a_time", False),
@@ -537,6 +539,10 @@ def main(argv):
                 runs.append({"repeat": repeat, "load_before": os.getloadavg(),
                              **run_worker(args, name, work_dir, source),
                              "load_after": os.getloadavg()})
+                # The runs so far, in case the benchmark is stopped (a device's time limit).
+                write_json_atomic(output_path(args, "rewire"), {
+                    "complete": False, "command": "python utils/bench_rewire.py "
+                    + " ".join(argv), "machine": describe_machine(args.device), "runs": runs})
         result = {
             "date": datetime.date.today().isoformat(),
             "command": "python utils/bench_rewire.py " + " ".join(argv),
@@ -606,12 +612,14 @@ def throughput(args, source, runs, variants):
             "summary": summary}
 
 
-def write_result(args, result, text, stem):
-    from rewire_lobes.io_utils import write_json_atomic
+def output_path(args, stem):
+    return Path(args.output or REPO / "results" / "bench" / f"{stem}_{args.device}.json")
 
+
+def write_result(args, result, text, stem):
     print(text)
-    output = Path(args.output or REPO / "results" / "bench" / f"{stem}_{args.device}.json")
-    write_json_atomic(output, result)
+    output = output_path(args, stem)
+    write_json_atomic(output, {"complete": True, **result})
     print(f"written to {output}")
 
 
