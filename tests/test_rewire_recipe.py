@@ -432,6 +432,22 @@ def test_a_run_stopped_at_an_epoch_end_resumes_to_the_uninterrupted_result(tmp_p
     assert records["resumed"]["content_hash"] == records["uninterrupted"]["content_hash"]
 
 
+def test_loader_options_auto_follow_the_device_and_the_processes_per_machine(monkeypatch):
+    auto = {"num_workers": "auto", "pin_memory": "auto"}
+    monkeypatch.setattr(train_script.os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert train_script.loader_options(auto, {"device": "cpu"}) == {
+        "num_workers": 0, "pin_memory": False}
+    assert train_script.loader_options(auto, {"device": "cuda:0"}) == {
+        "num_workers": 4, "pin_memory": True}
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun, 8 processes sharing 16 CPUs
+    assert train_script.loader_options(auto, {"device": "cuda:3"})["num_workers"] == 2
+    given = {"num_workers": 3, "pin_memory": False}
+    assert train_script.loader_options(given, {"device": "cuda:0"}) == given
+    with pytest.raises(train_script.OptionError, match="--pin_memory must be auto, True or False"):
+        train_script.loader_options({"num_workers": 0, "pin_memory": "yes"}, {"device": "cpu"})
+
+
 @pytest.mark.slow
 def test_loader_workers_change_nothing_drawn_and_the_wait_is_recorded(tmp_path, tiny_encoder):
     """Two loader processes give the run of none (pairs come from per-utterance seeds,

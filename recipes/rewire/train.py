@@ -102,13 +102,16 @@ def run_forward_chunk_size(hparams, run_opts):
 def loader_options(hparams, run_opts):
     """The training DataLoader's ``num_workers`` and ``pin_memory``, ``auto`` resolved by
     device: none and unpinned on a CPU (the embedded default's audio loads in far less
-    time than an update takes there), on CUDA up to ``GPU_LOADER_WORKERS`` workers and
-    pinned memory, so that the GPU does not wait for audio. Neither changes what is
-    drawn: pairs come from per-utterance seeds (``utterance_rng``)."""
+    time than an update takes there); on CUDA up to ``GPU_LOADER_WORKERS`` workers per
+    process (no more than its share of the CPUs) and pinned memory, so that the GPU does
+    not wait for audio. Neither changes what is drawn: pairs come from per-utterance
+    seeds (``utterance_rng``)."""
     cuda = on_cuda(run_opts)
     workers, pin = hparams["num_workers"], hparams["pin_memory"]
     if workers == "auto":
-        workers = min(GPU_LOADER_WORKERS, os.cpu_count() or 1) if cuda else 0
+        # The CPUs are shared by the processes torchrun starts on this machine.
+        cpus = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        workers = min(GPU_LOADER_WORKERS, max(1, cpus)) if cuda else 0
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise OptionError(f"--num_workers must be auto or an integer >= 0, got {workers!r}")
     if pin == "auto":
