@@ -26,16 +26,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench_rewire import REPO, describe_machine, load_range, spread, write_result  # isort: skip
 
 CONFIGS = {
     "no_workers": ["--num_workers", "0", "--pin_memory", "False"],
@@ -82,21 +79,17 @@ def run_once(config, args, encoder, scratch, index):
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    run = {"config": config, "load_before": load_before, "load_after": os.getloadavg()}
     record_file = folder / "upstream" / "rewiring.json"
     if done.returncode != 0 or not record_file.is_file():
-        return {"config": config, "error": (done.stderr or done.stdout)[-1500:]}
+        return {**run, "error": (done.stderr or done.stdout)[-1500:]}
     record = json.loads(record_file.read_text(encoding="utf-8"))
     loading = record["data_loading"]
     loop = loading["wait_s"] + loading["busy_s"]
-    return {"config": config, "process_s": seconds, "loop_s": loop,
-            "updates": record["updates"], "updates_per_s": loading["batches"] / loop,
-            "load_before": load_before, "load_after": os.getloadavg(), **loading,
+    return {**run, "process_s": seconds, "loop_s": loop, "updates": record["updates"],
+            "updates_per_s": loading["batches"] / loop, **loading,
             "precision": record["hyperparameters"]["precision"],
             "world_size": record["run_identity"].get("world_size")}
-
-
-def spread(values):
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def summarise(runs, configs):
@@ -127,12 +120,8 @@ def table(result):
         lines.append(f"| {config} | {row['num_workers']} | {row['pin_memory']} | "
                      f"{fmt(row['updates_per_s'], 3)} | {fmt(row['wait_share'], 4)} | "
                      f"{fmt(row['wait_s'], 2)} | {fmt(row['loop_s'], 1)} |")
-    loads = [r[k][0] for r in result["runs"] if "error" not in r
-             for k in ("load_before", "load_after")]
-    if loads:
-        lines.append(f"\nmedian (min-max) over {result['repeats']} repeats of "
-                     f"{result['updates']} updates; 1-min load average "
-                     f"{min(loads):.2f}-{max(loads):.2f}")
+    lines.append(f"\nmedian (min-max) over {result['repeats']} repeats of {result['updates']} "
+                 f"updates; {load_range(result['runs'])}")
     return "\n".join(lines)
 
 
@@ -140,7 +129,6 @@ def main(argv):
     import torch
     import transformers
 
-    from rewire_lobes.io_utils import write_json_atomic
     from rewire_lobes.upstream.encoder import save_random_encoder
 
     args = parse_args(argv)
@@ -161,21 +149,14 @@ def main(argv):
     result = {
         "date": datetime.date.today().isoformat(),
         "command": "python utils/bench_loading.py " + " ".join(argv),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "device": args.device, "torch": torch.__version__,
-                    "transformers": transformers.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if cuda else None},
+        "machine": {**describe_machine(args.device), "transformers": transformers.__version__},
         "encoder": "random wav2vec2-large-lv60-shaped" if cuda else "embedded (assets/encoder)",
         "updates": args.updates,
         "repeats": args.repeats,
         "runs": runs,
         "summary": summarise(runs, args.configs),
     }
-    text = table(result)
-    print(text)
-    output = Path(args.output or REPO / "results" / "bench" / f"loading_{args.device}.json")
-    write_json_atomic(output, result)
-    print(f"written to {output}")
+    write_result(args, result, table(result), "loading")
 
 
 if __name__ == "__main__":

@@ -73,18 +73,17 @@ GPU_LOADER_WORKERS = 4  # loader processes on CUDA with num_workers: auto
 NEUTRAL_REPORT = "neutral_synthesis.json"
 
 
-def run_precision(hparams, run_opts):
-    """The precision the Brain will use: the command line's, else bf16 on CUDA, else fp32."""
-    if "precision" in getattr(run_opts, "overridden_args", ()):
-        return run_opts["precision"]
-    device = run_opts.get("device") or sb.utils.distributed.infer_device()
-    return hparams["gpu_precision"] if str(device).startswith("cuda") else hparams["precision"]
-
-
 def on_cuda(run_opts):
     """Whether the Brain will run on a CUDA device."""
     device = run_opts.get("device") or sb.utils.distributed.infer_device()
     return str(device).startswith("cuda")
+
+
+def run_precision(hparams, run_opts):
+    """The precision the Brain will use: the command line's, else bf16 on CUDA, else fp32."""
+    if "precision" in getattr(run_opts, "overridden_args", ()):
+        return run_opts["precision"]
+    return hparams["gpu_precision"] if on_cuda(run_opts) else hparams["precision"]
 
 
 def run_forward_chunk_size(hparams, run_opts):
@@ -405,18 +404,16 @@ def main(argv):
         checkpointer=hparams["checkpointer"],
     )
     brain.train_sampler = batch_sampler  # so that Brain calls set_epoch on it
-    loading = loader_options(hparams, run_opts)
     brain.fit(
         brain.hparams.epoch_counter,
         train_data,
-        train_loader_kwargs={"batch_sampler": batch_sampler, **loading},
+        train_loader_kwargs={"batch_sampler": batch_sampler,
+                             **loader_options(hparams, run_opts)},
     )
 
-    record = export_record(hparams, brain, csv_path, len(train_data))
-    record["data_loading"] = loading
     brain.export(
         hparams["export_folder"],
-        record,
+        export_record(hparams, brain, csv_path, len(train_data)),
         extra_files={SUBSET_NAME: csv_path.parent / SUBSET_NAME},
     )
     brain.plot_loss(Path(hparams["output_folder"]) / "loss_curve.png")

@@ -276,10 +276,12 @@ class RewireBrain(sb.Brain):
             "content_hash": self.upstream.content_hash(),
             "loss_curve": self.hparams.loss_history.curve,
         })
-        if self.train_loader_wait is not None:
-            # This process's updates only: a resumed run's earlier ones are not in it.
-            record["data_loading"] = {**record.get("data_loading", {}),
-                                      **self.train_loader_wait.summary()}
+        wait = self.train_loader_wait
+        if wait is not None:
+            # The loader's settings, and the wait of this process's updates only (a resumed
+            # run's earlier ones are not in it).
+            record["data_loading"] = {"num_workers": wait.num_workers,
+                                      "pin_memory": wait.pin_memory, **wait.summary()}
         export_with_record(self.upstream, directory, EXPORT_RECORD, record, extra_files)
         logger.info("Rewired encoder written to %s (%d updates)", directory, self.optimizer_step)
         return directory
